@@ -1,0 +1,80 @@
+"""Reading official DAWN checkpoints and checking their keys, shared by the per-model converters."""
+
+import os
+import pickle
+import zipfile
+from typing import Dict, Iterable, Mapping, Optional
+
+import torch
+
+# What each official file holds at its top level (facts §9).
+CHECKPOINT_KINDS = {
+    "lfg": "an LFG checkpoint (LFG_128_1000ep.pth / LFG_256_400ep.pth: 'generator', 'region_predictor', 'bg_predictor')",
+    "dawn": "a DAWN A2V-FDM checkpoint (DAWN_128.pth / DAWN_256.pth: 'diffusion')",
+    "pbnet": "a PBNet checkpoint (pbnet_seperate/{pose,blink}/checkpoint_*.pth.tar: flat 'encoder.*' / 'decoder.*' keys)",
+}
+
+
+class CheckpointConversionError(ValueError):
+    """An official checkpoint cannot be converted; the message says which file/keys and what to do."""
+
+
+def detect_checkpoint_kind(checkpoint: Mapping) -> Optional[str]:
+    """Returns 'lfg', 'dawn' or 'pbnet' from the top-level layout of a loaded checkpoint, or None."""
+    if not isinstance(checkpoint, Mapping):
+        return None
+    keys = set(checkpoint.keys())
+    if {"generator", "region_predictor", "bg_predictor"} <= keys:
+        return "lfg"
+    if "diffusion" in keys:
+        return "dawn"
+    if keys and all(isinstance(k, str) and k.split(".", 1)[0] in ("encoder", "decoder") for k in keys):
+        return "pbnet"
+    return None
+
+
+def load_official_checkpoint(path: "str | os.PathLike", expected_kind: str) -> Dict:
+    """
+    Loads an official `.pth` file safely (`weights_only=True`) and checks that it is of `expected_kind`.
+
+    Raises:
+        CheckpointConversionError: missing, truncated or non-checkpoint file, or a checkpoint of another kind.
+    """
+    path = os.fspath(path)
+    if expected_kind not in CHECKPOINT_KINDS:
+        raise ValueError(f"unknown checkpoint kind {expected_kind!r}; expected one of {sorted(CHECKPOINT_KINDS)}")
+    if not os.path.isfile(path):
+        raise CheckpointConversionError(f"{path}: no such file; expected {CHECKPOINT_KINDS[expected_kind]}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, OSError) as error:
+        raise CheckpointConversionError(
+            f"{path}: cannot be read as a PyTorch checkpoint ({type(error).__name__}: {str(error).splitlines()[0]}); "
+            "the file is truncated or corrupt, download it again"
+        ) from None
+    kind = detect_checkpoint_kind(checkpoint)
+    if kind != expected_kind:
+        found = CHECKPOINT_KINDS[kind] if kind else "no known DAWN checkpoint layout"
+        raise CheckpointConversionError(
+            f"{path}: expected {CHECKPOINT_KINDS[expected_kind]}, but the file is {found}; check which file you "
+            "passed to which option"
+        )
+    return checkpoint
+
+
+def check_keys(expected: Iterable[str], found: Iterable[str], what: str) -> None:
+    """Raises one error naming every missing and every unexpected key of a state dict."""
+    expected, found = set(expected), set(found)
+    missing, unexpected = sorted(expected - found), sorted(found - expected)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_preview(missing)}")
+        if unexpected:
+            parts.append(f"unknown keys {_preview(unexpected)}")
+        raise CheckpointConversionError(f"{what}: {'; '.join(parts)}; this is not an official DAWN checkpoint layout")
+
+
+def _preview(keys, limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return f"[{shown}{f', … ({len(keys) - limit} more)' if len(keys) > limit else ''}]"

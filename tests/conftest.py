@@ -1,0 +1,24 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# The official parity fixtures live beside the checkout (../shared); DAWN_FIXTURES overrides the location.
+FIXTURES = Path(os.environ.get("DAWN_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures" / "official"))
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    if not FIXTURES.is_dir():
+        pytest.fail(f"official fixtures not found at {FIXTURES}; set DAWN_FIXTURES to their folder")
+    return FIXTURES
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_torch():
+    # The fixtures were produced with 2 threads; results of reductions depend on the thread count.
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    yield
