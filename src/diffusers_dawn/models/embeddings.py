@@ -24,9 +24,12 @@ class RotaryEmbedding(nn.Module):
         if dim % 2:
             raise ValueError(f"rotary dimension must be even, got {dim}")
         self.dim = dim
-        inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2)[: dim // 2].float() / dim))
-        # Deterministic: recomputed at construction, never stored in checkpoints.
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.theta = theta
+
+    @property
+    def inv_freq(self) -> torch.Tensor:
+        """Rotation frequencies (dim // 2,), always float32: a buffer would be rounded when the model is cast to fp16."""
+        return 1.0 / (self.theta ** (torch.arange(0, self.dim, 2)[: self.dim // 2].float() / self.dim))
 
     def cos_sin(self, seq_len: int, device=None, dtype=torch.float32):
         """Returns `cos`, `sin` of shape (seq_len, dim) with each frequency repeated for its channel pair."""
