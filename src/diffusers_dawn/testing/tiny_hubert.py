@@ -1,0 +1,38 @@
+"""A tiny, randomly initialised HuBERT with the real model's convolutional front end (320-sample hop, 400-sample
+receptive field), so feature lengths and chunking behave exactly as with hubert-large-ls960-ft."""
+
+from typing import Tuple
+
+import torch
+from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
+
+
+def tiny_hubert_config(hidden_size: int = 32) -> HubertConfig:
+    return HubertConfig(
+        hidden_size=hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden_size,
+        conv_dim=(16, 16, 16, 16, 16, 16, 16),
+        conv_stride=(5, 2, 2, 2, 2, 2, 2),
+        conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        feat_extract_norm="layer",
+        do_stable_layer_norm=True,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        feat_proj_dropout=0.0,
+        layerdrop=0.0,
+    )
+
+
+def build_tiny_hubert(seed: int = 0, hidden_size: int = 32) -> Tuple[HubertModel, Wav2Vec2FeatureExtractor]:
+    """Returns (model in eval mode, feature extractor with whole-utterance normalisation like the real one)."""
+    torch.manual_seed(seed)
+    model = HubertModel(tiny_hubert_config(hidden_size)).eval()
+    extractor = Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=True
+    )
+    return model, extractor
