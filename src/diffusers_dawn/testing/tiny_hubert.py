@@ -30,8 +30,10 @@ def tiny_hubert_config(hidden_size: int = 32) -> HubertConfig:
 
 def build_tiny_hubert(seed: int = 0, hidden_size: int = 32) -> Tuple[HubertModel, Wav2Vec2FeatureExtractor]:
     """Returns (model in eval mode, feature extractor with whole-utterance normalisation like the real one)."""
-    torch.manual_seed(seed)
-    model = HubertModel(tiny_hubert_config(hidden_size)).eval()
+    # HubertModel draws its initial weights from the global generator: fork it so callers' seeds are untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = HubertModel(tiny_hubert_config(hidden_size)).eval()
     extractor = Wav2Vec2FeatureExtractor(
         feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=True
     )
