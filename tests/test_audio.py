@@ -46,19 +46,23 @@ def test_channels_are_mixed_and_layout_detected():
 
 
 def test_integer_samples_are_scaled():
+    # Signed PCM is divided by 2^(bits-1) like libsndfile; unsigned 8-bit PCM is centred on 128 first.
     samples = (tone(200.0, 0.2, 16000) * 32767).astype(np.int16)
-    np.testing.assert_allclose(load_audio(samples, sampling_rate=16000), samples / 32767.0, atol=1e-6)
+    np.testing.assert_allclose(load_audio(samples, sampling_rate=16000), samples / 32768.0, atol=1e-7)
+    unsigned = np.array([128, 192, 64, 255, 0] * 200, dtype=np.uint8)
+    np.testing.assert_allclose(load_audio(unsigned, sampling_rate=16000)[:5], [0.0, 0.5, -0.5, 127 / 128, -1.0])
 
 
-@pytest.mark.parametrize("extension", ["wav", "flac", "mp3", "m4a"])
+@pytest.mark.parametrize("extension", ["wav", "flac", "mp3", "m4a", "ogg"])
 def test_files_in_common_formats(tmp_path, extension):
     import av
 
     path = tmp_path / f"speech.{extension}"
-    codec = {"wav": "pcm_s16le", "flac": "flac", "mp3": "libmp3lame", "m4a": "aac"}[extension]
-    samples = tone(500.0, 1.0, 44100, amplitude=0.4).astype(np.float32)
+    codec = {"wav": "pcm_s16le", "flac": "flac", "mp3": "libmp3lame", "m4a": "aac", "ogg": "libopus"}[extension]
+    rate = 48000 if extension == "ogg" else 44100  # Opus only encodes at 8/12/16/24/48 kHz
+    samples = tone(500.0, 1.0, rate, amplitude=0.4).astype(np.float32)
     with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=44100)
+        stream = container.add_stream(codec, rate=rate)
         stream.layout = "stereo"
         frame_format = stream.codec_context.format.name
         planar = stereo = np.stack([samples, samples])
@@ -69,11 +73,11 @@ def test_files_in_common_formats(tmp_path, extension):
         if not frame_format.endswith("p"):
             planar = planar.T.reshape(1, -1)
         frame = av.AudioFrame.from_ndarray(planar, format=frame_format, layout="stereo")
-        frame.sample_rate = 44100
+        frame.sample_rate = rate
         for packet in list(stream.encode(frame)) + list(stream.encode()):
             container.mux(packet)
     waveform = load_audio(path)
-    assert abs(len(waveform) / 16000 - 1.0) < 0.06  # encoder padding of lossy codecs
+    assert abs(len(waveform) / 16000 - 1.0) < 0.07  # encoder padding / priming of lossy codecs
     assert abs(dominant_frequency(waveform, 16000) - 500.0) < 3.0
 
 
@@ -122,54 +126,94 @@ def tiny_hubert():
     return build_tiny_hubert(seed=0)
 
 
-def reference_features(waveform, model, extractor, num_frames):
+def reference_features(waveform, model, extractor, num_frames, chunk_samples=320000):
     """Straightforward one-chunk-at-a-time implementation of the official recipe, with numpy interpolation."""
     normalized = extractor(waveform, sampling_rate=16000, return_tensors="np").input_values[0]
     outputs, start = [], 0
-    while len(normalized) - start >= 320000:
-        chunk = torch.from_numpy(normalized[start : start + 320080].astype(np.float32))[None]
+    while len(normalized) - start >= chunk_samples:
+        chunk = torch.from_numpy(normalized[start : start + chunk_samples + 80].astype(np.float32))[None]
         outputs.append(model(chunk).last_hidden_state[0])
-        start += 320000
+        start += chunk_samples
     if len(normalized) - start >= 400:
         outputs.append(model(torch.from_numpy(normalized[start:].astype(np.float32))[None]).last_hidden_state[0])
     features = torch.cat(outputs).detach().double().numpy()
     expected = (len(normalized) - 80) // 320
-    features = features[:expected]
+    features = np.concatenate([features, np.zeros((max(0, expected - len(features)), features.shape[1]))])[:expected]
     grid = np.linspace(0, features.shape[0] - 1, num_frames)
     return np.stack([np.interp(grid, np.arange(features.shape[0]), column) for column in features.T], axis=1)
 
 
-@pytest.mark.parametrize("seconds", [0.5, 1.37, 21.3])
+def noise(seconds, seed):
+    return np.random.default_rng(seed).standard_normal(int(seconds * 16000)).astype(np.float32) * 0.1
+
+
+@pytest.mark.parametrize("seconds", [0.04, 0.5, 1.37, 21.3, 41.0])
 def test_hubert_features_match_the_official_recipe(tiny_hubert, seconds):
+    # 21.3 s: one full 20 s chunk + remainder; 41 s: two full chunks (one batched forward) + remainder.
     model, extractor = tiny_hubert
-    waveform = np.random.default_rng(1).standard_normal(int(seconds * 16000)).astype(np.float32) * 0.1
+    waveform = noise(seconds, seed=1)
     with torch.no_grad():
         features = compute_hubert_features(waveform, model, extractor)
         expected = reference_features(waveform, model, extractor, int(seconds * 25))
-    assert features.shape == (int(seconds * 25), model.config.hidden_size)
+    assert features.shape == (int(seconds * 25), model.config.hidden_size) and features.dtype == torch.float32
     np.testing.assert_allclose(features.numpy(), expected, atol=1e-5)
 
 
-def test_hubert_chunks_are_independent(tiny_hubert):
+@pytest.mark.parametrize("seconds", [6.0, 7.3, 8.02])
+def test_batched_chunks_equal_one_at_a_time(tiny_hubert, seconds):
+    # 2 s chunks: 3 or 4 equal chunks go through the encoder together; the reference encodes them one by one.
+    # 6.0 s ends exactly on a chunk border, so the last full chunk lacks its 80-sample look-ahead.
     model, extractor = tiny_hubert
-    rng = np.random.default_rng(2)
-    waveform = rng.standard_normal(16000 * 25).astype(np.float32) * 0.1
-    changed = waveform.copy()
-    changed[: 16000 * 19] = rng.standard_normal(16000 * 19) * 0.1
-    # Keep the whole-utterance normalisation statistics unchanged so only chunk-local effects remain.
-    changed[: 16000 * 19] = (changed[: 16000 * 19] - changed[: 16000 * 19].mean()) / changed[: 16000 * 19].std()
-    changed[: 16000 * 19] = changed[: 16000 * 19] * waveform[: 16000 * 19].std() + waveform[: 16000 * 19].mean()
+    waveform = noise(seconds, seed=3)
     with torch.no_grad():
-        first = compute_hubert_features(waveform, model, extractor)
-        second = compute_hubert_features(changed, model, extractor)
-    # Frames well inside the second chunk (after 20 s) do not see the first chunk's audio.
-    np.testing.assert_allclose(first[520:].numpy(), second[520:].numpy(), atol=2e-4)
-    assert (first[:400] - second[:400]).abs().max() > 1e-2
+        batched = compute_hubert_features(waveform, model, extractor, chunk_samples=32000)
+        one_at_a_time = reference_features(waveform, model, extractor, int(seconds * 25), chunk_samples=32000)
+        single_pass = compute_hubert_features(waveform, model, extractor)
+    np.testing.assert_allclose(batched.numpy(), one_at_a_time, atol=1e-5)
+    assert np.abs(single_pass.numpy() - one_at_a_time).max() > 1e-3  # chunking changes the features
 
 
-def test_interpolation_endpoints():
-    features = torch.randn(7, 3, dtype=torch.float32)
-    resampled = interpolate_features(features, 12)
-    torch.testing.assert_close(resampled[0], features[0])
-    torch.testing.assert_close(resampled[-1], features[-1])
-    torch.testing.assert_close(interpolate_features(features, 7), features)
+def test_hubert_chunks_are_independent(tiny_hubert):
+    # Without the whole-utterance normalisation (which couples all samples by design), the features of chunk 2
+    # must not depend on chunk 1's audio at all, while a single pass over the same audio does depend on it.
+    model, extractor = tiny_hubert
+    raw_extractor = type(extractor)(**{**extractor.to_dict(), "do_normalize": False})
+    waveform = noise(5.0, seed=4)
+    changed = waveform.copy()
+    changed[:32000] = noise(2.0, seed=5)
+    hop_count = (len(waveform) - 80) // 320  # num_frames = hop count makes the interpolation the identity
+    border = 32000 // 320
+    with torch.no_grad():
+        first, second = (
+            compute_hubert_features(audio, model, raw_extractor, num_frames=hop_count, chunk_samples=32000)
+            for audio in (waveform, changed)
+        )
+        whole_first, whole_second = (
+            compute_hubert_features(audio, model, raw_extractor, num_frames=hop_count) for audio in (waveform, changed)
+        )
+    torch.testing.assert_close(first[border:], second[border:], atol=1e-6, rtol=0)
+    assert (first[:border] - second[:border]).abs().max() > 1e-2
+    assert (whole_first[border:] - whole_second[border:]).abs().max() > 1e-3
+
+
+def test_interpolation_keeps_the_endpoints(tiny_hubert):
+    model, extractor = tiny_hubert
+    waveform = noise(1.37, seed=6)
+    with torch.no_grad():
+        features = compute_hubert_features(waveform, model, extractor)
+        normalized = extractor(waveform, sampling_rate=16000, return_tensors="pt").input_values
+        hubert = model(normalized).last_hidden_state[0][: (len(waveform) - 80) // 320]
+    torch.testing.assert_close(features[0], hubert[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(features[-1], hubert[-1], atol=1e-6, rtol=0)
+    resampled = interpolate_features(hubert, 12)
+    torch.testing.assert_close(resampled[0], hubert[0])
+    torch.testing.assert_close(resampled[-1], hubert[-1])
+    torch.testing.assert_close(interpolate_features(hubert, len(hubert)), hubert)
+    # Midpoint of an upsampling by 2T-1 is the mean of the neighbouring source frames.
+    torch.testing.assert_close(interpolate_features(hubert, 2 * len(hubert) - 1)[1], (hubert[0] + hubert[1]) / 2)
+
+
+def test_hubert_rejects_audio_shorter_than_one_frame(tiny_hubert):
+    model, extractor = tiny_hubert
+    with pytest.raises(AudioLoadError, match="shorter than one video frame"):
+        compute_hubert_features(np.zeros(500, np.float32), model, extractor)

@@ -7,6 +7,7 @@ import pytest
 from diffusers.utils import logging as diffusers_logging
 from safetensors.torch import load_file
 
+from diffusers_dawn.processing import face_detectors
 from diffusers_dawn.processing.face import (
     FaceAnalyzer,
     NoFaceError,
@@ -17,6 +18,7 @@ from diffusers_dawn.processing.face import (
     lip_mask,
     measure_face,
     rotation_from_euler,
+    smooth_over_time,
 )
 
 
@@ -25,7 +27,8 @@ def synthetic_face(eye_ratio=0.3):
     in front of the eyes by 0.2 of their vertical distance (the anthropometric ratio the pose estimate assumes)."""
     points = np.zeros((68, 3))
     jaw_angle = np.linspace(-np.pi * 0.45, np.pi * 0.45, 17)
-    points[0:17] = np.stack([60 * np.sin(jaw_angle), 10 + 55 * np.cos(jaw_angle) - 20, 25 * np.abs(np.sin(jaw_angle))], 1)
+    jaw = [60 * np.sin(jaw_angle), 55 * np.cos(jaw_angle) - 10, 25 * np.abs(np.sin(jaw_angle))]
+    points[0:17] = np.stack(jaw, 1)
     points[17:22] = [[-45 + 8 * i, -45, -5] for i in range(5)]
     points[22:27] = [[13 + 8 * i, -45, -5] for i in range(5)]
     points[27:31] = [[0, -35 + 8 * i, -10 - 4 * i] for i in range(4)]
@@ -78,7 +81,8 @@ def test_euler_round_trip_and_gimbal_lock():
 def test_eye_aspect_ratio_known_value():
     for ratio in (0.1, 0.3, 0.45):
         face = place(synthetic_face(eye_ratio=ratio), 15, -10, 5, scale=1.7)
-        np.testing.assert_allclose(eye_aspect_ratios(face), [2 * ratio * 3 / 2 / 2 * 2 / 3 * 2 / 2] * 2, rtol=1e-9)
+        # lids at ±10·ratio, corners at ±10: opening / width = ratio for both eyes, whatever the head pose
+        np.testing.assert_allclose(eye_aspect_ratios(face), [ratio, ratio], rtol=1e-9)
 
 
 def test_face_mask_matches_the_official_function(fixtures_dir):
@@ -100,6 +104,80 @@ def test_given_landmarks_skip_detection():
     analysis = FaceAnalyzer(backend="mediapipe").analyze(np.zeros((400, 400, 3), np.uint8), landmarks=landmarks)
     assert analysis.backend == "user"
     assert analysis.pose[0] == pytest.approx(10, abs=0.5)
+
+
+def test_given_face_box_is_kept_and_pose_uses_it():
+    landmarks = place(synthetic_face(), 0, 0, 0)
+    box = [120.0, 280.0, 70.0, 230.0]
+    image = np.zeros((300, 400, 3), np.uint8)
+    analysis = FaceAnalyzer(backend="mediapipe").analyze(image, landmarks=landmarks, face_box=box)
+    np.testing.assert_array_equal(analysis.face_box, [*box, 300, 400])
+    # Nose centre (x = 200) in the 120 px pose crop centred on the box: the middle column.
+    assert analysis.pose[4] == pytest.approx(60.0)
+    with pytest.raises(ValueError, match="min < max"):
+        FaceAnalyzer().analyze(image, landmarks=landmarks, face_box=[280, 120, 70, 230])
+
+
+class ScriptedBackend:
+    """Returns prepared faces frame by frame (None = no face), keyed on the frame's fill value."""
+
+    name = "scripted"
+
+    def __init__(self, faces_by_value):
+        self.faces_by_value = faces_by_value
+
+    def detect(self, image):
+        return self.faces_by_value[int(image[0, 0, 0])]
+
+
+def test_video_tracks_the_same_face_and_smooths_pose():
+    big_left = place(synthetic_face(), 10, 0, 0, offset=(100.0, 150.0))
+    small_right = place(synthetic_face(), -20, 0, 0, scale=0.5, offset=(300.0, 150.0))
+    bigger_right = place(synthetic_face(), -20, 0, 0, scale=1.5, offset=(300.0, 150.0))
+    backend = ScriptedBackend(
+        {
+            0: [(big_left, big_left)],
+            1: [(small_right, small_right), (big_left, big_left)],
+            2: [(bigger_right, bigger_right), (big_left, big_left)],  # now the other face is larger
+            3: [],
+        }
+    )
+    frames = np.zeros((5, 300, 400, 3), np.uint8)
+    frames[:, 0, 0, 0] = [0, 1, 2, 3, 2]
+    track = FaceAnalyzer(backend=backend).analyze_video(frames)
+    assert track.detected.tolist() == [True, True, True, False, True]
+    np.testing.assert_allclose(track.pose[:, 0], 10.0, atol=0.5)  # always the left face (yaw 10), never the right
+    smoothed = FaceAnalyzer(backend=backend).analyze_video(frames, pose_smoothing=3)
+    np.testing.assert_allclose(smoothed.pose[2], track.pose[1:4].mean(0))
+    with pytest.raises(ValueError, match="odd"):
+        FaceAnalyzer(backend=backend).analyze_video(frames, pose_smoothing=2)
+
+
+def test_smoothing_known_values():
+    values = np.array([[0.0], [3.0], [6.0], [0.0]])
+    np.testing.assert_allclose(smooth_over_time(values, 3)[:, 0], [1.0, 3.0, 3.0, 2.0])
+
+
+class Unavailable:
+    def __init__(self):
+        raise face_detectors.FaceBackendUnavailable("weights not downloadable")
+
+
+def test_auto_backend_falls_back_and_says_why(monkeypatch, caplog):
+    monkeypatch.setitem(face_detectors.BACKENDS, "first", Unavailable)
+    monkeypatch.setitem(face_detectors.BACKENDS, "second", lambda: ScriptedBackend({}))
+    monkeypatch.setattr(face_detectors, "AUTO_ORDER", ("first", "second"))
+    diffusers_logging.enable_propagation()
+    try:
+        with caplog.at_level(logging.WARNING):
+            backend = face_detectors.select_backend("auto")
+    finally:
+        diffusers_logging.disable_propagation()
+    assert isinstance(backend, ScriptedBackend)
+    assert "first: weights not downloadable" in caplog.text
+    monkeypatch.setitem(face_detectors.BACKENDS, "second", Unavailable)
+    with pytest.raises(face_detectors.FaceBackendUnavailable, match="no face backend"):
+        face_detectors.select_backend("auto")
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 import os
 from fractions import Fraction
-from typing import Optional, Union
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -39,6 +39,22 @@ def resample(waveform: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarr
     return resample_poly(waveform.astype(np.float64), ratio.numerator, ratio.denominator, axis=0).astype(np.float32)
 
 
+def integer_samples_to_float(samples: np.ndarray) -> np.ndarray:
+    """
+    PCM integers → float32 in [-1, 1): signed types are divided by 2^(bits-1) (the soundfile / libsndfile
+    convention the official code reads with), unsigned types are centred first (8-bit WAV stores 128 as silence).
+    Floats pass through; booleans are rejected.
+    """
+    if samples.dtype == np.bool_:
+        raise AudioLoadError("audio samples must be numbers, got booleans")
+    if not np.issubdtype(samples.dtype, np.integer):
+        return samples.astype(np.float32, copy=False)
+    info = np.iinfo(samples.dtype)
+    half_range = float(info.max) + 1.0 if info.min < 0 else (float(info.max) + 1.0) / 2.0
+    offset = 0.0 if info.min < 0 else half_range
+    return ((samples.astype(np.float64) - offset) / half_range).astype(np.float32)
+
+
 def _decode_file(path: str):
     """Decodes the first audio stream of any container PyAV (bundled ffmpeg) reads → (samples, channels), rate."""
     import av
@@ -60,9 +76,7 @@ def _decode_file(path: str):
                     array = array.T
                 else:
                     array = array.reshape(-1, channels)
-                if np.issubdtype(array.dtype, np.integer):
-                    array = array.astype(np.float32) / float(np.iinfo(array.dtype).max)
-                chunks.append(array.astype(np.float32))
+                chunks.append(integer_samples_to_float(array))
                 rate = frame.sample_rate
     except AudioLoadError:
         raise
@@ -75,6 +89,43 @@ def _decode_file(path: str):
     return np.concatenate(chunks, axis=0), rate
 
 
+def samples_to_mono(samples: Union[np.ndarray, torch.Tensor], channel: Optional[int] = None) -> np.ndarray:
+    """
+    Samples shaped (samples,), (samples, channels) or (channels, samples) → float32 mono.
+
+    Channels are the short axis, so (2, 48000) is read as channels-first and (48000, 2) as channels-last. By default
+    the channels are averaged (a mix-down: speech panned to one side is kept); `channel=i` keeps only channel i
+    instead (`channel=0` is what the official code does).
+    """
+    samples = samples.detach().cpu().numpy() if torch.is_tensor(samples) else np.asarray(samples)
+    if samples.ndim == 1:
+        samples = samples[:, None]
+    elif samples.ndim == 2:
+        if samples.shape[0] < samples.shape[1]:
+            samples = samples.T
+    else:
+        raise AudioLoadError(f"audio samples must be 1-D or 2-D (samples[, channels]), got shape {samples.shape}")
+    samples = integer_samples_to_float(samples)
+    if not np.isfinite(samples).all():
+        raise AudioLoadError("the audio contains NaN or infinite samples")
+    if channel is not None:
+        if not 0 <= channel < samples.shape[1]:
+            raise AudioLoadError(f"channel {channel} requested but the audio has {samples.shape[1]} channel(s)")
+        return np.ascontiguousarray(samples[:, channel], dtype=np.float32)
+    return samples.mean(axis=1, dtype=np.float64).astype(np.float32)
+
+
+def decode_audio_file(path: Union[str, os.PathLike], channel: Optional[int] = None) -> Tuple[np.ndarray, int]:
+    """
+    Decodes the first audio stream of an audio or video file with PyAV (its bundled ffmpeg; no system ffmpeg).
+
+    Returns:
+        (float32 mono samples at the file's own rate, that rate). Channels as in [`samples_to_mono`].
+    """
+    samples, rate = _decode_file(os.fspath(path))
+    return samples_to_mono(samples, channel=channel), rate
+
+
 def load_audio(
     audio: Union[str, os.PathLike, np.ndarray, torch.Tensor],
     sampling_rate: Optional[int] = None,
@@ -82,43 +133,28 @@ def load_audio(
     channel: Optional[int] = None,
 ) -> np.ndarray:
     """
-    Loads speech as float32 mono at `target_rate`.
+    Loads speech as float32 mono at `target_rate` (16 kHz for HuBERT).
 
     Args:
-        audio: A path (wav, flac, mp3, m4a/aac, ogg, or a video file's audio track), or samples shaped
-            (samples,), (samples, channels) or (channels, samples) with `sampling_rate`.
-        sampling_rate: Rate of array input (required for arrays, ignored for files).
-        channel: Use this channel instead of the mean of all channels (the official code takes channel 0).
+        audio: A path (wav, flac, mp3, m4a/aac, ogg, or the audio track of a video file), or samples shaped
+            (samples,), (samples, channels) or (channels, samples) as a numpy array or torch tensor. Integer samples
+            are scaled to [-1, 1).
+        sampling_rate: Rate of array / tensor input (required for them; a file's own rate is used for paths).
+        target_rate: Output rate. Resampling is polyphase with the exact rational factor (deterministic).
+        channel: Keep only this channel. By default all channels are averaged; the official code keeps channel 0.
 
     Raises:
-        AudioLoadError: unreadable file, no audio stream, or less than one video frame (40 ms) of audio.
+        AudioLoadError: missing, unreadable or corrupt file; a file without an audio stream; NaN samples; less audio
+            than one video frame (40 ms). Silent audio is accepted with a warning.
     """
     if isinstance(audio, (str, os.PathLike)):
-        samples, rate = _decode_file(os.fspath(audio))
+        mono, rate = decode_audio_file(audio, channel=channel)
     else:
         if sampling_rate is None:
             raise AudioLoadError("audio given as samples needs `sampling_rate` (e.g. sampling_rate=16000)")
-        samples = audio.detach().float().cpu().numpy() if torch.is_tensor(audio) else np.asarray(audio)
-        if samples.ndim == 1:
-            samples = samples[:, None]
-        elif samples.ndim == 2:
-            # Channels are the short axis: (2, 48000) is channels-first, (48000, 2) channels-last.
-            if samples.shape[0] < samples.shape[1]:
-                samples = samples.T
-        else:
-            raise AudioLoadError(f"audio samples must be 1-D or 2-D, got shape {samples.shape}")
-        if np.issubdtype(samples.dtype, np.integer):
-            samples = samples.astype(np.float32) / float(np.iinfo(samples.dtype).max)
-        samples = samples.astype(np.float32)
-        rate = int(sampling_rate)
-    if not np.isfinite(samples).all():
-        raise AudioLoadError("the audio contains NaN or infinite samples")
-    if channel is not None:
-        if not 0 <= channel < samples.shape[1]:
-            raise AudioLoadError(f"channel {channel} requested but the audio has {samples.shape[1]} channel(s)")
-        mono = samples[:, channel]
-    else:
-        mono = samples.mean(axis=1)
+        if int(sampling_rate) <= 0:
+            raise AudioLoadError(f"sampling_rate must be a positive number of samples per second, got {sampling_rate}")
+        mono, rate = samples_to_mono(audio, channel=channel), int(sampling_rate)
     waveform = resample(mono, rate, target_rate)
     if num_video_frames(len(waveform), target_rate) < 1:
         raise AudioLoadError(
@@ -130,12 +166,17 @@ def load_audio(
     return waveform
 
 
-def _hubert_chunks(num_samples: int):
-    """Sample ranges of the official independent chunks: 20 s + 80 samples each, then the remainder."""
-    full_chunks = num_samples // HUBERT_CHUNK_SAMPLES
-    overlap = HUBERT_RECEPTIVE_FIELD - HUBERT_HOP
-    ranges = [(i * HUBERT_CHUNK_SAMPLES, i * HUBERT_CHUNK_SAMPLES + HUBERT_CHUNK_SAMPLES + overlap) for i in range(full_chunks)]
-    remainder_start = full_chunks * HUBERT_CHUNK_SAMPLES
+def hubert_chunk_ranges(num_samples: int, chunk_samples: int = HUBERT_CHUNK_SAMPLES) -> List[Tuple[int, int]]:
+    """
+    Sample ranges the official code encodes independently: each full chunk of `chunk_samples` plus the 80 samples
+    of look-ahead its last HuBERT frame needs, then the remainder if it holds at least one receptive field.
+    """
+    look_ahead = HUBERT_RECEPTIVE_FIELD - HUBERT_HOP
+    full_chunks = num_samples // chunk_samples
+    ranges = [
+        (i * chunk_samples, min((i + 1) * chunk_samples + look_ahead, num_samples)) for i in range(full_chunks)
+    ]
+    remainder_start = full_chunks * chunk_samples
     if num_samples - remainder_start >= HUBERT_RECEPTIVE_FIELD:
         ranges.append((remainder_start, num_samples))
     return ranges
@@ -143,53 +184,78 @@ def _hubert_chunks(num_samples: int):
 
 @torch.no_grad()
 def compute_hubert_features(
-    waveform: np.ndarray,
+    waveform: Union[np.ndarray, torch.Tensor],
     audio_encoder,
     feature_extractor,
     num_frames: Optional[int] = None,
+    chunk_samples: int = HUBERT_CHUNK_SAMPLES,
+    device: Optional[Union[str, torch.device]] = None,
+    dtype: Optional[torch.dtype] = None,
 ) -> torch.Tensor:
     """
-    HuBERT features resampled to the video frame rate, exactly as the official code computes them.
+    HuBERT features at the video frame rate, computed exactly as the official code does.
 
-    The whole utterance is normalised by `feature_extractor`, cut into 20 s chunks encoded independently (the
-    equal-length chunks in one batched forward), trimmed/padded to (len − 80) // 320 vectors, then linearly
-    interpolated (endpoint-aligned, float64) to `num_frames` = floor(duration × 25) frames.
+    The whole utterance is normalised by `feature_extractor` (zero mean, unit variance), cut into chunks of
+    `chunk_samples` (+80 samples of look-ahead) that are encoded independently, the features are trimmed or
+    zero-padded to (len − 80) // 320 vectors, then linearly interpolated with aligned endpoints (in float64) to
+    `num_frames` frames. All equal-length chunks go through the encoder in one batched forward; the shorter
+    remainder follows in a second one.
+
+    Args:
+        waveform: 16 kHz mono speech, (samples,).
+        audio_encoder: A transformers `HubertModel` (the official one is hubert-large-ls960-ft).
+        feature_extractor: The matching `Wav2Vec2FeatureExtractor` (with `do_normalize=True`).
+        num_frames: Output length; defaults to floor(duration × 25).
+        chunk_samples: Chunk length in samples (official: 320,000 = 20 s). Changing it changes the features.
+        device, dtype: Where and in which precision the encoder runs; default: those of `audio_encoder`.
 
     Returns:
         `torch.Tensor` of shape (num_frames, hidden_size), float32, on the CPU.
     """
-    waveform = np.asarray(waveform, dtype=np.float32).reshape(-1)
+    if torch.is_tensor(waveform):
+        waveform = waveform.detach().cpu().numpy()
+    waveform = np.asarray(waveform, dtype=np.float32)
+    if waveform.ndim != 1:
+        raise ValueError(f"compute_hubert_features needs 16 kHz mono samples (samples,), got shape {waveform.shape}")
     if num_frames is None:
         num_frames = num_video_frames(len(waveform))
-    if len(waveform) < HUBERT_RECEPTIVE_FIELD:
-        raise AudioLoadError(f"{len(waveform)} samples is too short for HuBERT (needs {HUBERT_RECEPTIVE_FIELD})")
+    if len(waveform) < HUBERT_RECEPTIVE_FIELD or num_frames < 1:
+        raise AudioLoadError(
+            f"{len(waveform)} samples ({len(waveform) / AUDIO_SAMPLING_RATE * 1000:.1f} ms at 16 kHz) is shorter than "
+            f"one video frame; pass at least {AUDIO_SAMPLING_RATE // VIDEO_FPS} samples of speech"
+        )
+    if chunk_samples % HUBERT_HOP:
+        raise ValueError(f"chunk_samples must be a multiple of the HuBERT hop ({HUBERT_HOP}), got {chunk_samples}")
+    parameter = next(audio_encoder.parameters())
+    device = parameter.device if device is None else torch.device(device)
+    dtype = parameter.dtype if dtype is None else dtype
+
     normalized = feature_extractor(waveform, sampling_rate=AUDIO_SAMPLING_RATE, return_tensors="np").input_values[0]
     normalized = torch.from_numpy(np.asarray(normalized, dtype=np.float32))
-    device = next(audio_encoder.parameters()).device
-    dtype = next(audio_encoder.parameters()).dtype
-
-    ranges = _hubert_chunks(len(normalized))
-    full = [normalized[start:end] for start, end in ranges if end - start == HUBERT_CHUNK_SAMPLES + 80]
-    rest = [normalized[start:end] for start, end in ranges if end - start != HUBERT_CHUNK_SAMPLES + 80]
+    chunks = [normalized[start:end] for start, end in hubert_chunk_ranges(len(normalized), chunk_samples)]
+    # Chunks of one length share a batch; order is kept because only the last chunk can be shorter.
     pieces = []
-    if full:
-        hidden = audio_encoder(torch.stack(full).to(device=device, dtype=dtype)).last_hidden_state
-        pieces.extend(hidden.float().cpu().unbind(0))
-    for chunk in rest:
-        pieces.append(audio_encoder(chunk[None].to(device=device, dtype=dtype)).last_hidden_state[0].float().cpu())
+    for length in dict.fromkeys(len(chunk) for chunk in chunks):
+        batch = torch.stack([chunk for chunk in chunks if len(chunk) == length]).to(device=device, dtype=dtype)
+        pieces.extend(audio_encoder(batch).last_hidden_state.float().cpu().unbind(0))
     features = torch.cat(pieces, dim=0)
 
     expected = (len(normalized) - (HUBERT_RECEPTIVE_FIELD - HUBERT_HOP)) // HUBERT_HOP
     if abs(features.shape[0] - expected) > 1:
-        raise RuntimeError(f"HuBERT returned {features.shape[0]} vectors, expected {expected}: unexpected encoder")
+        raise RuntimeError(
+            f"the audio encoder returned {features.shape[0]} vectors for {len(normalized)} samples, expected "
+            f"{expected}: it must be a HuBERT / wav2vec2-style encoder with a 320-sample hop"
+        )
     if features.shape[0] < expected:
         features = torch.cat([features, features.new_zeros(expected - features.shape[0], features.shape[1])])
-    features = features[:expected]
-    return interpolate_features(features, num_frames)
+    return interpolate_features(features[:expected], num_frames)
 
 
 def interpolate_features(features: torch.Tensor, num_frames: int) -> torch.Tensor:
-    """Endpoint-aligned linear interpolation along time in float64 (scipy interp1d semantics), float32 out."""
+    """
+    Resamples (T, C) features to (num_frames, C) by linear interpolation with aligned endpoints: output frame k sits
+    at source position k·(T − 1)/(num_frames − 1). Computed in float64, returned as float32.
+    """
     source = features.double()
     count = source.shape[0]
     if count == 1:

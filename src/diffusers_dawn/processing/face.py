@@ -6,13 +6,14 @@ Detection backends are pluggable (see `face_detectors.py`); the geometry here on
 
 Pose. The official pipeline reads pose off a 3DMM fit (3DDFA_V2): [yaw, pitch, roll] in degrees from the rotation,
 then scale and translation of the 3DMM camera in a 120 × 120 crop around the face (facts §2.3). Without that
-model, the rotation here is the head frame spanned by the landmarks (x: from the right to the left eye centre, y:
-from the eyes down to the mouth, orthogonalised and tilted by the mouth's usual depth; z = x × y), expressed in a y-up camera frame like 3DDFA's and
-converted with the same Euler formula. Scale and translation use the same crop (centre shifted down 0.14 × box
-size, side 1.58 × mean box side, 120 px): translation is the nose centre in crop pixels (y up), scale the jaw width
-in crop pixels divided by `MODEL_FACE_WIDTH`, a constant chosen so that a face filling the crop gets the official
-typical scale (≈ 4.8e-4). The conditions only use pose *differences* from the portrait, in which these
-calibration constants cancel.
+model, the rotation here is the head frame spanned by the landmarks (x: from the right to the left eye centre; y:
+from the eyes down to the mouth, orthogonalised and tilted back by the mouth's usual depth in front of the eyes;
+z = x × y), expressed in a y-up camera frame like 3DDFA's and converted with the same Euler formula. Scale and
+translation use the same crop (centre shifted down 0.14 × box size, side 1.58 × mean box side, 120 px):
+translation is the nose centre in crop pixels (y up), scale the jaw width in crop pixels divided by
+`MODEL_FACE_WIDTH`, a constant chosen so that a face filling the crop gets the official typical scale (≈ 4.8e-4).
+These are approximations of the 3DMM fit, not reproductions of it; the conditions only use pose *differences* from
+the portrait, in which the calibration constants cancel.
 """
 
 from dataclasses import dataclass
@@ -158,7 +159,10 @@ def estimate_pose(landmarks: np.ndarray, face_box: Sequence[float]) -> np.ndarra
 
 
 def eye_aspect_ratios(landmarks: np.ndarray) -> np.ndarray:
-    """[left, right] = ‖p43 − p47‖ / ‖p45 − p42‖, ‖p37 − p41‖ / ‖p39 − p36‖ with 3-D distances (official)."""
+    """
+    [left, right] eye aspect ratios, as the official code: ‖p43 − p47‖ / ‖p45 − p42‖ and ‖p37 − p41‖ / ‖p39 − p36‖
+    with 3-D distances (0-based iBUG indices).
+    """
     p = np.asarray(landmarks, dtype=np.float64)
     left = np.linalg.norm(p[43] - p[47]) / np.linalg.norm(p[45] - p[42])
     right = np.linalg.norm(p[37] - p[41]) / np.linalg.norm(p[39] - p[36])
@@ -166,6 +170,7 @@ def eye_aspect_ratios(landmarks: np.ndarray) -> np.ndarray:
 
 
 def bounding_box(points: np.ndarray) -> np.ndarray:
+    """[x_min, x_max, y_min, y_max] of (N, 2 or 3) points."""
     points = np.asarray(points, dtype=np.float64)
     return np.array([points[:, 0].min(), points[:, 0].max(), points[:, 1].min(), points[:, 1].max()])
 
@@ -204,8 +209,18 @@ def lip_mask(lip_box: Sequence[float], image_size: Sequence[int], latent_size: i
     return mask
 
 
-def measure_face(landmarks: np.ndarray, image_shape, all_points: Optional[np.ndarray] = None, **extra) -> FaceAnalysis:
-    """All measurements from 68 landmarks; `all_points` (e.g. a dense mesh) refines the face box if available."""
+def measure_face(
+    landmarks: np.ndarray,
+    image_shape,
+    all_points: Optional[np.ndarray] = None,
+    face_box: Optional[Sequence[float]] = None,
+    **extra,
+) -> FaceAnalysis:
+    """
+    All measurements from 68 landmarks (image pixels). The face box is `face_box` ([x_min, x_max, y_min, y_max])
+    when given, else the bounding box of `all_points` (e.g. a dense mesh, which covers the forehead) or of the
+    landmarks.
+    """
     landmarks = np.asarray(landmarks, dtype=np.float64)
     if landmarks.shape == (68, 2):
         # 2-D landmarks: flat depth (pose then has no out-of-plane rotation information).
@@ -213,8 +228,9 @@ def measure_face(landmarks: np.ndarray, image_shape, all_points: Optional[np.nda
     if landmarks.shape != (68, 3):
         raise ValueError(f"landmarks must be (68, 2) or (68, 3) in the iBUG layout, got {landmarks.shape}")
     height, width = image_shape[:2]
-    box = bounding_box(landmarks if all_points is None else all_points)
-    face_box = np.array([*box, height, width])
+    if face_box is None:
+        face_box = bounding_box(landmarks if all_points is None else all_points)
+    face_box = np.array([*np.asarray(face_box, dtype=np.float64)[:4], height, width])
     return FaceAnalysis(
         landmarks=landmarks,
         pose=estimate_pose(landmarks, face_box),
@@ -232,11 +248,15 @@ class FaceAnalyzer:
     r"""
     Measures faces in images and videos.
 
+    Landmarks or a face box may also be given per call (`analyze(image, landmarks=..., face_box=...)`), which skips
+    detection.
+
     Args:
         backend (`str` or backend object, defaults to `"auto"`):
             `"face_alignment"` (face-alignment's 3-D FAN; downloads its weights on first use), `"mediapipe"`
-            (468-point face mesh whose weights ship inside the mediapipe wheel), or `"auto"`: the first of these
-            that can run here. Any object with `detect(image) -> list of (landmarks68 (68,3), points (N,3))` works.
+            (MediaPipe face detector + 468-point face mesh, weights inside the mediapipe wheel), or `"auto"`: the
+            first of these that can run here, in that order; skipped backends are logged with the reason. Any object
+            with `detect(image) -> list of (landmarks68 (68, 3), points (N, 3))` in image pixels also works.
     """
 
     def __init__(self, backend="auto"):
@@ -256,57 +276,119 @@ class FaceAnalyzer:
         self, image, landmarks: Optional[np.ndarray] = None, face_box: Optional[Sequence[float]] = None
     ) -> FaceAnalysis:
         """
-        Measures the largest face of `image` (RGB uint8 array or anything `load_image` takes). Given `landmarks`
-        (68 × 2 or 3) skip detection; given only `face_box` ([x_min, x_max, y_min, y_max]) the detector runs on that
-        region.
+        Measures the largest face of `image` (RGB uint8 array or anything `load_image` takes).
+
+        Args:
+            image: The picture.
+            landmarks (`np.ndarray` (68, 2) or (68, 3), *optional*):
+                iBUG-68 landmarks in image pixels; detection is skipped. 2-D landmarks carry no depth, so the pose
+                then only has its in-plane part (roll) right.
+            face_box (`Sequence[float]`, *optional*):
+                [x_min, x_max, y_min, y_max] (extra entries ignored). It becomes the measured face box; landmarks
+                (for pose and eye ratios) are still needed, so without `landmarks` the detector runs on this region
+                only.
         """
         array = _as_rgb_array(image)
+        user_box = None if face_box is None else np.asarray(face_box, dtype=np.float64).reshape(-1)[:4]
+        box_is_valid = user_box is None or (
+            user_box.shape[0] == 4 and user_box[0] < user_box[1] and user_box[2] < user_box[3]
+        )
+        if not box_is_valid:
+            raise ValueError(f"face_box must be [x_min, x_max, y_min, y_max] with min < max, got {face_box}")
         if landmarks is not None:
-            return measure_face(landmarks, array.shape, backend="user")
-        region_offset = np.zeros(2)
+            return measure_face(landmarks, array.shape, face_box=user_box, backend="user")
+        faces = self._detect(array, user_box)
+        if len(faces) > 1:
+            logger.warning(f"{len(faces)} faces found; measuring the largest one.")
+        landmarks68, points = faces[0]
+        return measure_face(
+            landmarks68,
+            array.shape,
+            all_points=points,
+            face_box=user_box,
+            num_faces=len(faces),
+            backend=self.backend.name,
+        )
+
+    def _detect(self, array: np.ndarray, user_box: Optional[np.ndarray] = None):
+        """Detected faces as (landmarks68, points) in image pixels, largest first; `NoFaceError` if there are none."""
+        offset = np.zeros(3)
         search = array
-        if face_box is not None:
-            x_min, x_max, y_min, y_max = [int(round(v)) for v in np.asarray(face_box, dtype=np.float64)[:4]]
+        if user_box is not None:
+            # Search a margin around the given box: landmark models need some context around the face.
+            x_min, x_max, y_min, y_max = [int(round(value)) for value in user_box]
             pad = int(0.25 * max(x_max - x_min, y_max - y_min))
             x0, y0 = max(0, x_min - pad), max(0, y_min - pad)
             search = array[y0 : min(array.shape[0], y_max + pad), x0 : min(array.shape[1], x_max + pad)]
-            region_offset = np.array([x0, y0])
+            offset = np.array([x0, y0, 0.0])
         faces = self.backend.detect(search)
         if not faces:
+            where = "inside the given face_box" if user_box is not None else "in the image"
             raise NoFaceError(
-                f"no face found by the {self.backend.name} backend; pass a photo with a clearly visible, roughly "
-                "frontal face, or give `face_landmarks=` (68 points) or `face_box=` yourself"
+                f"no face found {where} by the {self.backend.name} backend; pass a photo with a clearly visible, "
+                "roughly frontal face, or give the 68 iBUG `landmarks=` yourself (or `face_box=` around the face)"
             )
-        faces = sorted(faces, key=lambda face: _box_area(bounding_box(face[1])), reverse=True)
-        if len(faces) > 1:
-            logger.warning(f"{len(faces)} faces found; animating the largest one.")
-        landmarks68, points = faces[0]
-        offset = np.array([*region_offset, 0.0])
-        return measure_face(
-            landmarks68 + offset, array.shape, all_points=points + offset, num_faces=len(faces), backend=self.backend.name
-        )
+        faces = [(landmarks68 + offset, points + offset) for landmarks68, points in faces]
+        return sorted(faces, key=lambda face: _box_area(bounding_box(face[1])), reverse=True)
 
-    def analyze_video(self, frames) -> FaceTrack:
-        """Per-frame measurements of the largest face; frames without a detection are interpolated (logged)."""
+    def analyze_video(self, frames, pose_smoothing: int = 1) -> FaceTrack:
+        """
+        Per-frame measurements of one face through a video.
+
+        The face is the largest one in the first frame with a detection, then in every frame the face closest to its
+        previous position (so a second face walking by does not steal the track). Frames without a detection are
+        filled by linear interpolation from their neighbours (logged).
+
+        Args:
+            frames (`np.ndarray` (F, H, W, 3) uint8): The video.
+            pose_smoothing (`int`, defaults to 1):
+                Width in frames of a centred moving average over the pose. The default 1 keeps the raw per-frame
+                values, as the official per-frame 3DDFA fits; odd values like 3 or 5 remove landmark jitter.
+        """
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"frames must be (F, H, W, 3) uint8, got {frames.shape}")
+        if pose_smoothing < 1 or pose_smoothing % 2 == 0:
+            raise ValueError(f"pose_smoothing must be an odd number of frames >= 1, got {pose_smoothing}")
         results = []
+        previous_centre = None
         for frame in frames:
             try:
-                results.append(self.analyze(frame))
+                faces = self._detect(frame)
             except NoFaceError:
                 results.append(None)
+                continue
+            if previous_centre is None:
+                chosen = faces[0]
+            else:
+                chosen = min(faces, key=lambda face: np.linalg.norm(_box_centre(face[1]) - previous_centre))
+            previous_centre = _box_centre(chosen[1])
+            measured = measure_face(
+                chosen[0], frame.shape, all_points=chosen[1], num_faces=len(faces), backend=self.backend.name
+            )
+            results.append(measured)
         detected = np.array([result is not None for result in results])
         if not detected.any():
             raise NoFaceError("no face found in any frame of the video; pass a video that shows a face")
         if not detected.all():
-            logger.warning(f"No face in {int((~detected).sum())} of {len(frames)} frames; interpolated from neighbours.")
+            missing = int((~detected).sum())
+            logger.warning(f"No face in {missing} of {len(frames)} frames; interpolated from neighbours.")
         fields = {}
         for name in ("landmarks", "pose", "eye_ratios", "face_box", "lip_box"):
             known = np.stack([getattr(result, name) for result in results if result is not None])
             fields[name] = _interpolate_missing(known, detected)
+        fields["pose"] = smooth_over_time(fields["pose"], pose_smoothing)
         return FaceTrack(detected=detected, **fields)
+
+
+def smooth_over_time(values: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average along axis 0 over `window` (odd) frames; the ends are padded with their edge values."""
+    if window == 1:
+        return values
+    half = window // 2
+    padded = np.concatenate([np.repeat(values[:1], half, 0), values, np.repeat(values[-1:], half, 0)])
+    cumulative = np.concatenate([np.zeros_like(values[:1]), np.cumsum(padded, axis=0)])
+    return (cumulative[window:] - cumulative[:-window]) / window
 
 
 def _interpolate_missing(known: np.ndarray, detected: np.ndarray) -> np.ndarray:
@@ -320,6 +402,12 @@ def _interpolate_missing(known: np.ndarray, detected: np.ndarray) -> np.ndarray:
 
 def _box_area(box: np.ndarray) -> float:
     return float((box[1] - box[0]) * (box[3] - box[2]))
+
+
+def _box_centre(points: np.ndarray) -> np.ndarray:
+    """Centre (x, y) of the bounding box of `points`."""
+    box = bounding_box(points)
+    return np.array([(box[0] + box[1]) / 2, (box[2] + box[3]) / 2])
 
 
 def _as_rgb_array(image) -> np.ndarray:

@@ -92,8 +92,9 @@ class FaceAlignmentFAN:
 
             self._model = face_alignment.FaceAlignment(face_alignment.LandmarksType.THREE_D, device=device)
         except Exception as error:  # ImportError, or no network for the weight download
+            first_line = str(error).splitlines()[0] if str(error) else ""
             raise FaceBackendUnavailable(
-                f"face-alignment unavailable ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+                f"face-alignment unavailable ({type(error).__name__}: {first_line}); "
                 "it downloads its weights on first use, which needs network access once"
             )
 
@@ -107,7 +108,10 @@ AUTO_ORDER = ("face_alignment", "mediapipe")
 
 
 def select_backend(spec="auto"):
-    """A backend instance from a name, `"auto"` (first that runs here, reasons for skipped ones logged), or an object."""
+    """
+    A backend instance from a name, from `"auto"` (the first in `AUTO_ORDER` that runs here; skipped ones are logged
+    with their reason), or a user object with a `detect(image)` method, returned as is.
+    """
     if not isinstance(spec, str):
         if not hasattr(spec, "detect"):
             raise TypeError("a face backend object needs a detect(image) method")
@@ -126,6 +130,7 @@ def select_backend(spec="auto"):
             reasons.append(f"{name}: {error}")
             continue
         if reasons:
-            logger.info("Skipped face backends: " + "; ".join(reasons))
+            # A warning, not info: the user asked for the best backend and gets a fallback.
+            logger.warning(f"Face analysis uses the {name} backend; skipped " + "; ".join(reasons))
         return backend
     raise FaceBackendUnavailable("no face backend can run here: " + "; ".join(reasons))

@@ -8,6 +8,10 @@ from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
 
 
 def tiny_hubert_config(hidden_size: int = 32) -> HubertConfig:
+    """
+    A 2-layer HuBERT with hubert-large-ls960-ft's front end: the same conv kernels and strides (320-sample hop,
+    400-sample receptive field) and the stable-layer-norm layout, but 16 conv channels and `hidden_size` features.
+    """
     return HubertConfig(
         hidden_size=hidden_size,
         num_hidden_layers=2,

@@ -1,0 +1,308 @@
+"""DAWN's A2V-FDM denoiser: a 3-D U-Net that predicts the noise of motion latents (flow grid + occlusion) per frame."""
+
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
+from diffusers.models.attention import AttentionMixin
+from diffusers.models.embeddings import TimestepEmbedding
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import BaseOutput
+from torch import nn
+
+from .embeddings import RelativePositionBias, RotaryEmbedding
+from .unet_3d_blocks import (
+    FaceLocationEncoder,
+    OutputHead3D,
+    TemporalAttention,
+    UNetLevel3D,
+    UNetMidBlock3D,
+    timestep_sinusoidal_embedding,
+)
+
+
+@dataclass
+class UNet3DFlowOutput(BaseOutput):
+    r"""
+    Output of [`UNet3DFlowModel`].
+
+    Args:
+        sample (`torch.Tensor` of shape `(batch, flow_channels + occlusion_channels, frames, height, width)`):
+            Predicted noise (epsilon) of the motion latents.
+    """
+
+    sample: torch.Tensor
+
+
+class UNet3DFlowModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapterMixin):
+    r"""
+    The audio-to-video flow diffusion U-Net of DAWN (arXiv 2410.13726). It denoises the motion latents of a whole clip
+    at once, conditioned on the source-image latent, an encoded face-location mask, the timestep, and per-frame
+    conditions `[audio features | pose delta | blink delta]`.
+
+    Every level has two res-blocks (each with three cosine cross-attentions to the audio, pose and blink conditions),
+    a per-frame spatial linear attention and a temporal attention with rotary embeddings and a windowed T5
+    relative-position bias; the middle level has a full spatial attention instead. The temporal attentions and the
+    middle spatial attention are [`DAWNAttention`] modules, listed by `attn_processors`; by default they run the exact
+    [`LocalAttnProcessor`], whose memory grows linearly with the number of frames, and any number of frames can be
+    generated in one pass.
+
+    The frame-invariant conditioning (source latent, face location) enters through the first convolution, which is
+    linear: it is convolved once per call and broadcast over frames instead of being repeated for every frame.
+
+    The default configuration is the official one (DAWN_128 and DAWN_256 share it).
+
+    Parameters:
+        flow_channels (`int`, defaults to 2): Flow-grid channels of the motion latent (first output head).
+        occlusion_channels (`int`, defaults to 1): Occlusion channels of the motion latent (second output head).
+        source_latent_channels (`int`, defaults to 256): Channels of the LFG source latent.
+        face_location_channels (`int`, defaults to 16): Channels of the encoded face-location mask.
+        face_location_hidden_channels (`int`, defaults to 8): Hidden channels of the face-location encoder.
+        base_channels (`int`, defaults to 64): Channels after the first convolution.
+        channel_multipliers (`Tuple[int]`, defaults to `(1, 2, 4, 8)`): Channels of each level in `base_channels`.
+        cond_dim (`int`, defaults to 1032): Width of the per-frame condition, audio + pose + blink.
+        pose_dim (`int`, defaults to 6): Width of the pose delta.
+        blink_dim (`int`, defaults to 2): Width of the blink delta.
+        attention_heads (`int`, defaults to 8): Heads of the temporal and spatial attentions.
+        attention_head_dim (`int`, defaults to 32): Channels per head of the temporal attentions.
+        spatial_attention_head_dim (`int`, defaults to 32): Channels per head of the spatial attentions.
+        cross_attention_heads (`int`, defaults to 8), cross_attention_head_dim (`int`, defaults to 8): Shape of the
+            cosine cross-attentions.
+        resnet_groups (`int`, defaults to 8): GroupNorm groups.
+        init_kernel_size (`int`, defaults to 7): Spatial kernel of the first convolution.
+        time_embedding_dim (`int`, *optional*): Width of the time embedding; defaults to `4 · base_channels`.
+        window (`int`, *optional*, defaults to 40): Largest frame distance the temporal attentions see (`None`: all).
+        num_position_buckets (`int`, defaults to 32), max_position_distance (`int`, defaults to 32): T5 buckets.
+        rotary_dim (`int`, *optional*): Rotated channels per temporal head; defaults to `min(32, attention_head_dim)`.
+    """
+
+    _supports_gradient_checkpointing = True
+    _no_split_modules = ["UNetLevel3D", "UNetMidBlock3D", "OutputHead3D", "TemporalAttention"]
+
+    @register_to_config
+    def __init__(
+        self,
+        flow_channels: int = 2,
+        occlusion_channels: int = 1,
+        source_latent_channels: int = 256,
+        face_location_channels: int = 16,
+        face_location_hidden_channels: int = 8,
+        base_channels: int = 64,
+        channel_multipliers: Sequence[int] = (1, 2, 4, 8),
+        cond_dim: int = 1032,
+        pose_dim: int = 6,
+        blink_dim: int = 2,
+        attention_heads: int = 8,
+        attention_head_dim: int = 32,
+        spatial_attention_head_dim: int = 32,
+        cross_attention_heads: int = 8,
+        cross_attention_head_dim: int = 8,
+        resnet_groups: int = 8,
+        init_kernel_size: int = 7,
+        time_embedding_dim: Optional[int] = None,
+        window: Optional[int] = 40,
+        num_position_buckets: int = 32,
+        max_position_distance: int = 32,
+        rotary_dim: Optional[int] = None,
+    ):
+        super().__init__()
+        audio_dim = cond_dim - pose_dim - blink_dim
+        if audio_dim < 1:
+            raise ValueError(f"`cond_dim` ({cond_dim}) must exceed `pose_dim` + `blink_dim` ({pose_dim + blink_dim})")
+        if init_kernel_size % 2 == 0:
+            raise ValueError(f"`init_kernel_size` must be odd to keep the latent size, got {init_kernel_size}")
+        rotary_dim = min(32, attention_head_dim) if rotary_dim is None else rotary_dim
+        time_embedding_dim = 4 * base_channels if time_embedding_dim is None else time_embedding_dim
+        condition_dims = (audio_dim, pose_dim, blink_dim)
+        self.gradient_checkpointing = False
+
+        self.face_location_encoder = FaceLocationEncoder(face_location_hidden_channels, face_location_channels)
+        in_channels = flow_channels + occlusion_channels + source_latent_channels + face_location_channels
+        padding = init_kernel_size // 2
+        self.conv_in = nn.Conv3d(
+            in_channels, base_channels, (1, init_kernel_size, init_kernel_size), padding=(0, padding, padding)
+        )
+        self.time_embedding = TimestepEmbedding(base_channels, time_embedding_dim, act_fn="gelu")
+        # One rotary table and one bias module shared by every temporal attention; the bias is computed once per call.
+        self.rotary_emb = RotaryEmbedding(rotary_dim)
+        self.time_position_bias = RelativePositionBias(
+            attention_heads, num_position_buckets, max_position_distance, window
+        )
+        self.init_temporal_attention = TemporalAttention(base_channels, attention_heads, attention_head_dim)
+
+        level_kwargs = dict(
+            temb_channels=time_embedding_dim,
+            condition_dims=condition_dims,
+            groups=resnet_groups,
+            attention_heads=attention_heads,
+            attention_head_dim=attention_head_dim,
+            spatial_attention_head_dim=spatial_attention_head_dim,
+            cross_attention_heads=cross_attention_heads,
+            cross_attention_head_dim=cross_attention_head_dim,
+        )
+        channels = [base_channels] + [base_channels * multiplier for multiplier in channel_multipliers]
+        levels = list(zip(channels[:-1], channels[1:]))
+        self.down_blocks = nn.ModuleList(
+            [
+                UNetLevel3D(level_in, level_out, resample="down" if index < len(levels) - 1 else None, **level_kwargs)
+                for index, (level_in, level_out) in enumerate(levels)
+            ]
+        )
+        self.mid_block = UNetMidBlock3D(channels[-1], **level_kwargs)
+        # Each up level reads the concatenation [features, skip of the matching down level].
+        self.up_blocks = nn.ModuleList(
+            [
+                UNetLevel3D(2 * level_out, level_in, resample="up" if index < len(levels) - 1 else None, **level_kwargs)
+                for index, (level_in, level_out) in enumerate(reversed(levels))
+            ]
+        )
+        self.flow_head = OutputHead3D(2 * base_channels, base_channels, flow_channels, resnet_groups)
+        self.occlusion_head = OutputHead3D(2 * base_channels, base_channels, occlusion_channels, resnet_groups)
+
+    def time_relative_position_bias(self, num_frames: int) -> torch.Tensor:
+        """Dense `(heads, num_frames, num_frames)` temporal bias with `-1e8` outside the window (official layout)."""
+        return self.time_position_bias.dense(num_frames)
+
+    def encode_face_location(self, face_mask: torch.Tensor) -> torch.Tensor:
+        """Binary face-box mask `(batch, 1, S, S)` → face-location features `(batch, channels, S/4, S/4)`."""
+        if face_mask.ndim != 4 or face_mask.shape[1] != 1:
+            raise ValueError(f"`face_mask` must have shape (batch, 1, S, S), got {tuple(face_mask.shape)}")
+        return self.face_location_encoder(face_mask)
+
+    def _static_features(
+        self, source_latent: torch.Tensor, face_location_features: torch.Tensor, motion_channels: int
+    ) -> torch.Tensor:
+        """First-convolution response to the frame-invariant inputs, `(batch, base, [F,] L, L)`."""
+        weight = self.conv_in.weight
+        source_weight, face_weight = weight[:, motion_channels:].split(
+            [self.config.source_latent_channels, self.config.face_location_channels], dim=1
+        )
+        padding = self.conv_in.padding
+
+        def convolve(features, part_weight):
+            # 2-D inputs are convolved once, not once per frame.
+            if features.ndim == 4:
+                return F.conv2d(features, part_weight[:, :, 0], padding=padding[1:])
+            return F.conv3d(features, part_weight, padding=padding)
+
+        source_response = convolve(source_latent, source_weight)
+        face_response = convolve(face_location_features, face_weight)
+        if source_response.ndim != face_response.ndim:
+            if source_response.ndim == 4:
+                source_response = source_response.unsqueeze(2)
+            else:
+                face_response = face_response.unsqueeze(2)
+        return source_response + face_response
+
+    def _check_inputs(self, sample, encoder_hidden_states, source_latent, face_location_features):
+        config = self.config
+        motion_channels = config.flow_channels + config.occlusion_channels
+        if sample.ndim != 5 or sample.shape[1] != motion_channels:
+            raise ValueError(
+                f"`sample` must be the noisy motion latent of shape (batch, {motion_channels}, frames, height, width), "
+                f"got {tuple(sample.shape)}"
+            )
+        batch, _, frames, height, width = sample.shape
+        if encoder_hidden_states.ndim != 3 or encoder_hidden_states.shape[1:] != (frames, config.cond_dim):
+            raise ValueError(
+                f"`encoder_hidden_states` must have shape (batch, {frames}, {config.cond_dim}) = [audio | pose delta | "
+                f"blink delta] per frame, got {tuple(encoder_hidden_states.shape)}"
+            )
+        for name, tensor, channels in (
+            ("source_latent", source_latent, config.source_latent_channels),
+            ("face_location_features", face_location_features, config.face_location_channels),
+        ):
+            spatial = (height, width) if tensor.ndim == 4 else (frames, height, width)
+            if tensor.ndim not in (4, 5) or tensor.shape[1] != channels or tuple(tensor.shape[2:]) != spatial:
+                raise ValueError(
+                    f"`{name}` must have shape (batch, {channels}, {height}, {width}) or (batch, {channels}, {frames}, "
+                    f"{height}, {width}) to match `sample`, got {tuple(tensor.shape)}"
+                )
+        for name, tensor in (
+            ("encoder_hidden_states", encoder_hidden_states),
+            ("source_latent", source_latent),
+            ("face_location_features", face_location_features),
+        ):
+            if tensor.shape[0] not in (1, batch):
+                raise ValueError(f"`{name}` has batch size {tensor.shape[0]}, expected 1 or {batch} like `sample`")
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: Union[torch.Tensor, float, int],
+        encoder_hidden_states: torch.Tensor,
+        source_latent: torch.Tensor,
+        face_location_features: Optional[torch.Tensor] = None,
+        face_mask: Optional[torch.Tensor] = None,
+        return_dict: bool = True,
+    ) -> Union[UNet3DFlowOutput, tuple]:
+        r"""
+        Predicts the noise of the motion latents.
+
+        Args:
+            sample (`torch.Tensor` of shape `(batch, 3, frames, L, L)`):
+                Noisy motion latent: flow grid (x, y) and `2 · occlusion − 1`.
+            timestep (`torch.Tensor` of shape `(batch,)`, or a number): Diffusion timestep(s).
+            encoder_hidden_states (`torch.Tensor` of shape `(batch, frames, cond_dim)`):
+                Per-frame `[audio features | pose − source pose | blink − source blink]`; zeros are the null
+                condition of classifier-free guidance.
+            source_latent (`torch.Tensor` of shape `(batch, source_latent_channels, L, L)`):
+                LFG latent of the source image; a per-frame `(batch, C, frames, L, L)` tensor is accepted too.
+            face_location_features (`torch.Tensor` of shape `(batch, face_location_channels, L, L)`, *optional*):
+                Encoded face-location mask (or per frame, `(batch, C, frames, L, L)`).
+            face_mask (`torch.Tensor` of shape `(batch, 1, 4·L, 4·L)`, *optional*):
+                Binary face-box mask, encoded by the built-in face-location encoder. Give exactly one of
+                `face_mask` and `face_location_features`.
+            return_dict (`bool`, defaults to `True`): Return a [`UNet3DFlowOutput`] instead of a tuple.
+
+        Returns:
+            [`UNet3DFlowOutput`] or `(sample,)`: the predicted noise, shaped like `sample`.
+        """
+        if (face_mask is None) == (face_location_features is None):
+            raise ValueError("pass exactly one of `face_mask` (binary face-box mask) and `face_location_features`")
+        if face_mask is not None:
+            face_location_features = self.encode_face_location(face_mask)
+        self._check_inputs(sample, encoder_hidden_states, source_latent, face_location_features)
+        batch, motion_channels, num_frames = sample.shape[:3]
+
+        if not torch.is_tensor(timestep):
+            timestep = torch.tensor([timestep], device=sample.device)
+        timestep = timestep.to(sample.device).reshape(-1).expand(batch)
+        time_features = timestep_sinusoidal_embedding(timestep, self.config.base_channels)
+        temb = self.time_embedding(time_features.to(self.time_embedding.linear_1.weight.dtype))
+
+        motion_weight = self.conv_in.weight[:, :motion_channels]
+        hidden_states = F.conv3d(sample, motion_weight, self.conv_in.bias, padding=self.conv_in.padding)
+        static = self._static_features(source_latent, face_location_features, motion_channels)
+        hidden_states = hidden_states + (static.unsqueeze(2) if static.ndim == 4 else static)
+        init_features = hidden_states
+
+        rotary_emb = self.rotary_emb
+        position_bias = self.time_position_bias(num_frames)
+        condition = encoder_hidden_states.expand(batch, -1, -1)
+        checkpointing = torch.is_grad_enabled() and self.gradient_checkpointing
+
+        def run(block, *args):
+            if checkpointing:
+                return self._gradient_checkpointing_func(block, *args)
+            return block(*args)
+
+        hidden_states = run(self.init_temporal_attention, hidden_states, rotary_emb, position_bias)
+        skips = []
+        for block in self.down_blocks:
+            skip, hidden_states = run(block, hidden_states, temb, condition, rotary_emb, position_bias)
+            skips.append(skip)
+        hidden_states = run(self.mid_block, hidden_states, temb, condition, rotary_emb, position_bias)
+        for block in self.up_blocks:
+            hidden_states = torch.cat((hidden_states, skips.pop()), dim=1)
+            _, hidden_states = run(block, hidden_states, temb, condition, rotary_emb, position_bias)
+
+        hidden_states = torch.cat((hidden_states, init_features), dim=1)
+        del init_features
+        output = torch.cat((run(self.flow_head, hidden_states), run(self.occlusion_head, hidden_states)), dim=1)
+        if not return_dict:
+            return (output,)
+        return UNet3DFlowOutput(sample=output)

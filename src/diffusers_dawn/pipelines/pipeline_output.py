@@ -1,0 +1,33 @@
+from dataclasses import dataclass
+from typing import List, Optional, Union
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers.utils import BaseOutput
+
+
+@dataclass
+class DAWNPipelineOutput(BaseOutput):
+    r"""
+    Output of [`DAWNPipeline`].
+
+    Args:
+        frames (`np.ndarray`, `torch.Tensor` or `List[List[PIL.Image.Image]]`):
+            The generated video: `(batch, frames, height, width, 3)` floats in [0, 1] for `output_type="np"`,
+            `(batch, frames, 3, height, width)` for `"pt"`, a list (per video) of lists of PIL images for `"pil"`, and
+            the motion latents `(batch, 3, frames, latent, latent)` for `"latent"`.
+        pose (`np.ndarray` of shape `(frames, 6)`):
+            Head pose per frame in the official units: yaw, pitch, roll (degrees), scale, tx, ty.
+        blink (`np.ndarray` of shape `(frames, 2)`): Eye aspect ratios (left, right) per frame.
+        fps (`float`): Frame rate of the video (25).
+        audio (`np.ndarray`, *optional*): The speech as 16 kHz mono float32, trimmed to the video's duration.
+        audio_sampling_rate (`int`): Sampling rate of `audio`.
+    """
+
+    frames: Union[np.ndarray, torch.Tensor, List[List[PIL.Image.Image]]]
+    pose: np.ndarray
+    blink: np.ndarray
+    fps: float = 25.0
+    audio: Optional[np.ndarray] = None
+    audio_sampling_rate: int = 16000

@@ -1,0 +1,490 @@
+"""
+Training objective and data sampling of DAWN's audio-to-video flow diffusion model (A2V-FDM) with the two-stage
+curriculum (TCL) of the paper (arXiv 2410.13726, official settings in the design notes §4.5 / §6.2).
+
+Stage 1 trains on fixed 20-frame clips whose first frame is the reference (source) image; stage 2 trains on clips of
+30 to 40 frames (one length per batch) with a reference frame drawn from the whole video. The motion targets are the
+flow grids and occlusion maps that the frozen latent flow generator (LFG) estimates from the reference to every frame
+of the clip.
+"""
+
+import io
+import math
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import datasets
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from diffusers.utils import BaseOutput
+
+from ..models.lfg import LFGAutoencoder, flow_to_motion_latent
+from ..processing.face import face_mask, lip_mask
+from ..processing.image import image_to_tensor
+
+
+STAGE_CLIP_LENGTHS = {1: (20, 20), 2: (30, 40)}
+"""Inclusive range of clip lengths per curriculum stage (official: stage 1 fixed 20, stage 2 uniform in [30, 40])."""
+
+NULL_CONDITION_PROBABILITY = 0.1
+LIP_LOSS_WEIGHT = 0.15
+FLOW_LOSS_WEIGHT = 0.15
+DYNAMIC_THRESHOLD_PERCENTILE = 0.9
+
+# Columns a clip needs; the raw audio waveform is not read (the HuBERT features are precomputed per frame).
+CLIP_COLUMNS = ("frames", "num_frames", "resolution", "hubert", "pose", "eye_ratios", "face_box", "lip_box")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Clip sampling (two-stage curriculum)
+# ---------------------------------------------------------------------------------------------------------------------
+@dataclass
+class A2VClip:
+    """
+    Frames of one training clip.
+
+    Args:
+        frame_indices (`np.ndarray` of shape `(clip_length,)`): Consecutive frame indices of the target clip.
+        reference_index (`int`): Frame used as the source image; the conditions are relative to its pose and blink.
+    """
+
+    frame_indices: np.ndarray
+    reference_index: int
+
+
+def _check_stage(stage: int) -> None:
+    if stage not in STAGE_CLIP_LENGTHS:
+        raise ValueError(f"stage must be 1 or 2 (the two curriculum stages), got {stage!r}")
+
+
+def clip_length_range(stage: int, clip_length: Optional[Tuple[int, int]] = None) -> Tuple[int, int]:
+    """The inclusive clip-length range of a stage, or the caller's `(min, max)` override after validation."""
+    _check_stage(stage)
+    low, high = STAGE_CLIP_LENGTHS[stage] if clip_length is None else clip_length
+    if not 1 <= low <= high:
+        raise ValueError(f"clip lengths must satisfy 1 <= min <= max, got ({low}, {high})")
+    return int(low), int(high)
+
+
+def sample_clip_length(stage: int, rng: np.random.Generator, clip_length: Optional[Tuple[int, int]] = None) -> int:
+    """Clip length of one batch: 20 in stage 1, uniform in [30, 40] in stage 2 (or in the caller's range)."""
+    low, high = clip_length_range(stage, clip_length)
+    return int(rng.integers(low, high + 1))
+
+
+def sample_clip(num_frames: int, clip_length: int, stage: int, rng: np.random.Generator) -> A2VClip:
+    r"""
+    Draws the frames of one training clip from a video of `num_frames` frames.
+
+    The clip is `clip_length` consecutive frames starting at a uniform position. In stage 1 the reference is the clip's
+    first frame (also part of the target). In stage 2 the reference is a uniform frame of the **whole video**, loaded
+    separately from the clip: it may lie inside or outside the clip window and is never added to the target.
+    """
+    _check_stage(stage)
+    if clip_length < 1:
+        raise ValueError(f"clip_length must be positive, got {clip_length}")
+    if num_frames < clip_length:
+        raise ValueError(
+            f"the video has {num_frames} frames but stage {stage} needs clips of {clip_length} frames; drop shorter "
+            "videos from the dataset or lower the clip length"
+        )
+    start = int(rng.integers(0, num_frames - clip_length + 1))
+    frame_indices = np.arange(start, start + clip_length)
+    reference_index = start if stage == 1 else int(rng.integers(0, num_frames))
+    return A2VClip(frame_indices=frame_indices, reference_index=reference_index)
+
+
+class A2VBatchSampler(torch.utils.data.Sampler):
+    r"""
+    Yields batches of clip keys `(video_index, clip_length, clip_seed)`; every key of a batch has the same clip length
+    so clips stack without padding (stage 2 draws one length per iteration, like the official loader).
+
+    Everything is a function of `(seed, epoch)`, so an epoch can be replayed exactly (resuming skips its first
+    batches). An epoch visits every video `clips_per_video` times in a random order; when there are fewer visits than
+    `batch_size`, videos repeat within the batch.
+
+    Args:
+        num_videos (`int`): Rows of the dataset.
+        batch_size (`int`): Clips per batch.
+        stage (`int`): Curriculum stage (1 or 2).
+        seed (`int`, defaults to 0): Base seed.
+        clips_per_video (`int`, defaults to 1): Visits of each video per epoch (the official `num_repeats`).
+        clip_length (`Tuple[int, int]`, *optional*): Inclusive clip-length range overriding the stage's.
+    """
+
+    def __init__(
+        self,
+        num_videos: int,
+        batch_size: int,
+        stage: int,
+        seed: int = 0,
+        clips_per_video: int = 1,
+        clip_length: Optional[Tuple[int, int]] = None,
+    ):
+        if num_videos < 1:
+            raise ValueError("the dataset has no videos")
+        if batch_size < 1 or clips_per_video < 1:
+            raise ValueError(f"batch_size and clips_per_video must be positive, got {batch_size}, {clips_per_video}")
+        self.num_videos = num_videos
+        self.batch_size = batch_size
+        self.stage = stage
+        self.seed = seed
+        self.clips_per_video = clips_per_video
+        self.clip_length = clip_length_range(stage, clip_length)
+        self.epoch = 0
+        # Every batch is full (the last one is padded with extra draws); read by Accelerate's batch sharding.
+        self.drop_last = False
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return max(1, math.ceil(self.num_videos * self.clips_per_video / self.batch_size))
+
+    def __iter__(self) -> Iterator[List[Tuple[int, int, int]]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        visits = np.tile(np.arange(self.num_videos), self.clips_per_video)
+        order = rng.permutation(visits)
+        # Pad to whole batches by drawing extra visits, so each batch has exactly `batch_size` clips.
+        missing = len(self) * self.batch_size - len(order)
+        order = np.concatenate([order, rng.integers(0, self.num_videos, missing)])
+        for batch_index in range(len(self)):
+            length = sample_clip_length(self.stage, rng, self.clip_length)
+            videos = order[batch_index * self.batch_size : (batch_index + 1) * self.batch_size]
+            clip_seeds = rng.integers(0, 2**63 - 1, len(videos))
+            yield [(int(video), length, int(clip_seed)) for video, clip_seed in zip(videos, clip_seeds)]
+
+
+def _decode_frame(frame) -> PIL.Image.Image:
+    """A stored frame: a PIL image, or the `{"bytes", "path"}` dict of an undecoded `datasets.Image`."""
+    if isinstance(frame, PIL.Image.Image):
+        return frame
+    if isinstance(frame, dict):
+        return PIL.Image.open(io.BytesIO(frame["bytes"]) if frame.get("bytes") is not None else frame["path"])
+    raise TypeError(f"unsupported frame type {type(frame).__name__}; frames must be datasets.Image values")
+
+
+def _frames_to_tensor(frames: Sequence) -> torch.Tensor:
+    """Frames → (F, 3, S, S) float32 in [0, 1]."""
+    return torch.cat([image_to_tensor(_decode_frame(frame)) for frame in frames])
+
+
+def build_conditions(
+    audio_features: torch.Tensor,
+    pose: torch.Tensor,
+    blink: torch.Tensor,
+    reference_pose: torch.Tensor,
+    reference_blink: torch.Tensor,
+) -> torch.Tensor:
+    r"""
+    Per-frame A2V-FDM condition `[audio | pose − reference pose | blink − reference blink]`, in raw units (degrees,
+    scale, translation; eye aspect ratios) as in the official training.
+
+    Args:
+        audio_features (`torch.Tensor` of shape `(..., frames, A)`), pose (`(..., frames, 6)`), blink (`(..., frames, 2)`):
+            Per-frame features.
+        reference_pose (`torch.Tensor` of shape `(..., 6)`), reference_blink (`(..., 2)`): Of the reference frame.
+
+    Returns:
+        `torch.Tensor` of shape `(..., frames, A + 8)`.
+    """
+    pose_delta = pose - reference_pose.unsqueeze(-2)
+    blink_delta = blink - reference_blink.unsqueeze(-2)
+    return torch.cat([audio_features, pose_delta, blink_delta], dim=-1).float()
+
+
+class A2VClipDataset(torch.utils.data.Dataset):
+    r"""
+    Training clips for the A2V-FDM from a DAWN training dataset (one row per video, see `training/dataset.py`).
+
+    Items are addressed by the keys of [`A2VBatchSampler`], `(video_index, clip_length, clip_seed)`; only the frames of
+    the clip and the reference are decoded.
+
+    Each item is a dict:
+        - `frames` (clip, 3, S, S) in [0, 1] and `reference_image` (3, S, S): LFG inputs for the motion target;
+        - `conditions` (clip, A + 8): [HuBERT | pose − reference pose | blink − reference blink];
+        - `face_mask` (1, S, S): the reference frame's face box (official `generate_bbox_mask`);
+        - `mouth_mask` (clip, L, L): each frame's lip box at the motion-latent size L = S / `latent_downsampling`.
+
+    Args:
+        dataset (`datasets.Dataset`): Rows with the `DAWN_DATASET_FEATURES` columns.
+        stage (`int`): Curriculum stage (1 or 2), which decides where the reference comes from.
+        latent_downsampling (`int`, defaults to 4): Image size / motion-latent size of the LFG.
+    """
+
+    def __init__(self, dataset, stage: int, latent_downsampling: int = 4):
+        _check_stage(stage)
+        missing = [column for column in CLIP_COLUMNS if column not in dataset.column_names]
+        if missing:
+            raise ValueError(
+                f"the dataset lacks the columns {missing}; build it with training/preprocess.py "
+                "(DAWN_DATASET_FEATURES schema)"
+            )
+        dataset = dataset.select_columns(list(CLIP_COLUMNS))
+        # Keep frames encoded: a clip decodes 20-40 frames, not the whole video.
+        dataset = dataset.cast_column("frames", datasets.List(datasets.Image(decode=False)))
+        self.dataset = dataset
+        self.stage = stage
+        self.latent_downsampling = latent_downsampling
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: Tuple[int, int, int]) -> Dict[str, torch.Tensor]:
+        if not isinstance(key, tuple) or len(key) != 3:
+            raise TypeError(
+                "A2VClipDataset items are addressed by (video_index, clip_length, clip_seed); use A2VBatchSampler "
+                "as the DataLoader's batch_sampler"
+            )
+        video_index, clip_length, clip_seed = key
+        row = self.dataset[int(video_index)]
+        num_frames = int(row["num_frames"])
+        clip = sample_clip(num_frames, clip_length, self.stage, np.random.default_rng(clip_seed))
+        indices = clip.frame_indices
+        reference = clip.reference_index
+        resolution = int(row["resolution"])
+        latent_size = resolution // self.latent_downsampling
+
+        hubert = torch.as_tensor(np.asarray(row["hubert"], dtype=np.float32))
+        pose = torch.as_tensor(np.asarray(row["pose"], dtype=np.float32))
+        blink = torch.as_tensor(np.asarray(row["eye_ratios"], dtype=np.float32))
+        face_boxes = np.asarray(row["face_box"], dtype=np.float64)
+        lip_boxes = np.asarray(row["lip_box"], dtype=np.float64)
+        for name, values in (("hubert", hubert), ("pose", pose), ("eye_ratios", blink), ("lip_box", lip_boxes)):
+            if values.shape[0] < num_frames:
+                raise ValueError(
+                    f"video {video_index}: `{name}` has {values.shape[0]} rows for {num_frames} frames; "
+                    "re-run the preprocessing"
+                )
+
+        index_tensor = torch.as_tensor(indices)
+        frames = _frames_to_tensor([row["frames"][i] for i in indices])
+        reference_image = _frames_to_tensor([row["frames"][reference]])[0]
+        conditions = build_conditions(
+            hubert[index_tensor], pose[index_tensor], blink[index_tensor], pose[reference], blink[reference]
+        )
+        image_size = (resolution, resolution)
+        mouth_mask = torch.stack([lip_mask(lip_boxes[i], image_size, latent_size) for i in indices])
+        return {
+            "frames": frames,
+            "reference_image": reference_image,
+            "conditions": conditions,
+            "face_mask": face_mask(face_boxes[reference], resolution)[0],
+            "mouth_mask": mouth_mask,
+        }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Objective
+# ---------------------------------------------------------------------------------------------------------------------
+@dataclass
+class A2VLossOutput(BaseOutput):
+    r"""
+    Output of [`a2v_loss`].
+
+    Args:
+        loss (`torch.Tensor`): `simple_loss + lip_loss_weight · lip_loss + flow_loss_weight · flow_loss`.
+        simple_loss (`torch.Tensor`): Mean squared error of the predicted noise.
+        lip_loss (`torch.Tensor`): Noise error inside the mouth boxes (channel-summed, per masked position).
+        flow_loss (`torch.Tensor`): Error of the thresholded x̂₀ against the target flow grid and occlusion.
+    """
+
+    loss: torch.Tensor
+    simple_loss: torch.Tensor
+    lip_loss: torch.Tensor
+    flow_loss: torch.Tensor
+
+
+@torch.no_grad()
+def compute_motion_target(lfg: LFGAutoencoder, reference_image: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    r"""
+    Motion latents the frozen LFG estimates from the reference to every frame.
+
+    Args:
+        lfg ([`LFGAutoencoder`]): Frozen latent flow generator (in eval mode).
+        reference_image (`torch.Tensor` of shape `(batch, 3, S, S)`): Reference frames in [0, 1].
+        frames (`torch.Tensor` of shape `(batch, frames, 3, S, S)`): Clip frames in [0, 1].
+
+    Returns:
+        `torch.Tensor` of shape `(batch, 3, frames, L, L)`: flow grid (x, y) and `occlusion · 2 − 1`.
+    """
+    batch, num_frames = frames.shape[:2]
+    sources = reference_image.unsqueeze(1).expand(-1, num_frames, -1, -1, -1).reshape(-1, *frames.shape[2:])
+    motion = lfg.estimate_motion(sources, frames.reshape(-1, *frames.shape[2:]))
+    grid = motion.grid.reshape(batch, num_frames, *motion.grid.shape[1:])
+    occlusion = motion.occlusion.reshape(batch, num_frames, *motion.occlusion.shape[1:])
+    return flow_to_motion_latent(grid.float(), occlusion.float())
+
+
+def drop_conditions(
+    conditions: torch.Tensor, probability: float, generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
+    r"""
+    Null-condition dropout: each frame's whole condition vector is replaced by zeros (the null condition) with
+    `probability`, independently per frame and sample.
+
+    Args:
+        conditions (`torch.Tensor` of shape `(batch, frames, cond_dim)`): Per-frame conditions.
+        probability (`float`): Drop probability in [0, 1].
+        generator (`torch.Generator`, *optional*): Source of randomness (the global RNG when `None`).
+    """
+    if not 0.0 <= probability <= 1.0:
+        raise ValueError(f"the null-condition probability must be in [0, 1], got {probability}")
+    if probability == 0.0:
+        return conditions
+    device = generator.device if generator is not None else conditions.device
+    draws = torch.rand(conditions.shape[:2], generator=generator, device=device)
+    keep = (draws >= probability).to(device=conditions.device, dtype=conditions.dtype)
+    return conditions * keep.unsqueeze(-1)
+
+
+def dynamic_threshold(sample: torch.Tensor, percentile: float = DYNAMIC_THRESHOLD_PERCENTILE) -> torch.Tensor:
+    r"""
+    Official dynamic thresholding of a predicted clean sample: per sample, s = max(1, `percentile`-quantile of |x|
+    over all its elements), then x = clamp(x, −s, s) / s.
+    """
+    absolute = sample.detach().abs().reshape(sample.shape[0], -1).float()
+    scale = torch.quantile(absolute, percentile, dim=1).clamp(min=1.0).to(sample.dtype)
+    scale = scale.view(-1, *([1] * (sample.ndim - 1)))
+    return torch.maximum(torch.minimum(sample, scale), -scale) / scale
+
+
+def predict_original_sample(
+    alphas_cumprod: torch.Tensor, noisy_sample: torch.Tensor, noise_pred: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
+    r"""x̂₀ = sqrt(1/ᾱ_t)·x_t − sqrt(1/ᾱ_t − 1)·ε̂ per sample, in float32."""
+    alpha_bar = alphas_cumprod.to(noisy_sample.device, torch.float32)[timesteps.long()]
+    alpha_bar = alpha_bar.view(-1, *([1] * (noisy_sample.ndim - 1)))
+    return (1.0 / alpha_bar).sqrt() * noisy_sample.float() - (1.0 / alpha_bar - 1.0).sqrt() * noise_pred.float()
+
+
+def lip_weighted_loss(squared_error: torch.Tensor, mouth_mask: torch.Tensor) -> torch.Tensor:
+    r"""
+    Official "mouth loss": Σ(squared error · mouth mask) / Σ(mouth mask), the mask broadcast over the channels, so the
+    channels are summed rather than averaged.
+
+    Args:
+        squared_error (`torch.Tensor` of shape `(batch, C, frames, L, L)`): Element-wise squared noise error.
+        mouth_mask (`torch.Tensor` of shape `(batch, frames, L, L)`): 1 inside each frame's lip box.
+    """
+    if mouth_mask.shape != (squared_error.shape[0], *squared_error.shape[2:]):
+        raise ValueError(
+            f"mouth_mask must have shape {(squared_error.shape[0], *squared_error.shape[2:])}, "
+            f"got {tuple(mouth_mask.shape)}"
+        )
+    mask = mouth_mask.to(squared_error.dtype).unsqueeze(1)
+    # A batch without any lip box contributes no lip loss instead of 0 / 0.
+    return (squared_error * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def flow_loss(predicted_original: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    r"""
+    Official "floss": mean squared error of the thresholded x̂₀ flow channels against the target grid plus the mean
+    squared error of the occlusion `(x̂₀[2] + 1) / 2` against the target occlusion `(x₀[2] + 1) / 2`.
+
+    Args:
+        predicted_original (`torch.Tensor` of shape `(batch, 3, frames, L, L)`): Dynamically thresholded x̂₀.
+        target (`torch.Tensor` of shape `(batch, 3, frames, L, L)`): Motion latent x₀ (grid, occlusion · 2 − 1).
+    """
+    grid_error = F.mse_loss(predicted_original[:, :2].float(), target[:, :2].float())
+    occlusion_error = F.mse_loss((predicted_original[:, 2:] + 1).float() / 2, (target[:, 2:] + 1).float() / 2)
+    return grid_error + occlusion_error
+
+
+def a2v_loss(
+    unet,
+    noise_scheduler,
+    motion_target: torch.Tensor,
+    conditions: torch.Tensor,
+    source_latent: torch.Tensor,
+    face_mask: torch.Tensor,
+    mouth_mask: torch.Tensor,
+    null_condition_probability: float = NULL_CONDITION_PROBABILITY,
+    lip_loss_weight: float = LIP_LOSS_WEIGHT,
+    flow_loss_weight: float = FLOW_LOSS_WEIGHT,
+    generator: Optional[torch.Generator] = None,
+) -> A2VLossOutput:
+    r"""
+    One evaluation of the A2V-FDM training objective (epsilon prediction).
+
+    t ~ U{0, …, T−1} per sample, ε ~ N(0, I), x_t = `noise_scheduler.add_noise(x₀, ε, t)`, ε̂ = U-Net(x_t, t,
+    conditions with per-frame null dropout, source latent, face mask). The total is
+    `MSE(ε̂, ε) + lip_loss_weight · lip_loss + flow_loss_weight · flow_loss` with the flow loss on the dynamically
+    thresholded x̂₀.
+
+    Args:
+        unet ([`UNet3DFlowModel`]): The denoiser being trained.
+        noise_scheduler: A diffusers scheduler with `add_noise`, `alphas_cumprod` and `config.num_train_timesteps`
+            ([`DAWNDDIMScheduler`] carries DAWN's training schedule).
+        motion_target (`torch.Tensor` of shape `(batch, 3, frames, L, L)`): x₀ from [`compute_motion_target`].
+        conditions (`torch.Tensor` of shape `(batch, frames, cond_dim)`): Per-frame conditions.
+        source_latent (`torch.Tensor` of shape `(batch, C, L, L)`): LFG latent of the reference frame.
+        face_mask (`torch.Tensor` of shape `(batch, 1, S, S)`): Face box of the reference frame.
+        mouth_mask (`torch.Tensor` of shape `(batch, frames, L, L)`): Lip boxes at the latent size.
+        null_condition_probability (`float`, defaults to 0.1): Per-frame condition dropout.
+        lip_loss_weight (`float`, defaults to 0.15), flow_loss_weight (`float`, defaults to 0.15): Loss weights.
+        generator (`torch.Generator`, *optional*): Source of t, ε and the dropout (the global RNG when `None`, which
+            `accelerator.save_state` checkpoints).
+    """
+    batch = motion_target.shape[0]
+    device = motion_target.device
+    random_device = generator.device if generator is not None else device
+    timesteps = torch.randint(
+        0, noise_scheduler.config.num_train_timesteps, (batch,), generator=generator, device=random_device
+    ).to(device)
+    noise = torch.randn(motion_target.shape, generator=generator, device=random_device).to(device)
+    noisy_sample = noise_scheduler.add_noise(motion_target, noise, timesteps)
+    conditions = drop_conditions(conditions, null_condition_probability, generator)
+
+    dtype = unet.dtype
+    noise_pred = unet(
+        noisy_sample.to(dtype),
+        timesteps,
+        encoder_hidden_states=conditions.to(dtype),
+        source_latent=source_latent.to(dtype),
+        face_mask=face_mask.to(dtype),
+    ).sample.float()
+
+    squared_error = (noise_pred - noise.float()) ** 2
+    simple = squared_error.mean()
+    lip = lip_weighted_loss(squared_error, mouth_mask)
+    predicted_original = dynamic_threshold(
+        predict_original_sample(noise_scheduler.alphas_cumprod, noisy_sample, noise_pred, timesteps)
+    )
+    flow = flow_loss(predicted_original, motion_target)
+    total = simple + lip_loss_weight * lip + flow_loss_weight * flow
+    return A2VLossOutput(loss=total, simple_loss=simple, lip_loss=lip, flow_loss=flow)
+
+
+def a2v_batch_loss(
+    unet, lfg: LFGAutoencoder, noise_scheduler, batch: Dict[str, torch.Tensor], **loss_kwargs
+) -> A2VLossOutput:
+    r"""
+    [`a2v_loss`] on a collated batch of [`A2VClipDataset`] items: the frozen LFG gives the motion target and the
+    reference frame's source latent, then the objective is evaluated. `loss_kwargs` go to [`a2v_loss`].
+    """
+    reference = batch["reference_image"].to(lfg.dtype)
+    # The frozen LFG runs outside any mixed-precision autocast: its region SVDs and sampling grids need float32.
+    with torch.no_grad(), torch.autocast(device_type=reference.device.type, enabled=False):
+        motion_target = compute_motion_target(lfg, reference, batch["frames"].to(lfg.dtype))
+        source_latent = lfg.encode(reference).latent.float()
+    return a2v_loss(
+        unet,
+        noise_scheduler,
+        motion_target,
+        batch["conditions"],
+        source_latent,
+        batch["face_mask"],
+        batch["mouth_mask"],
+        **loss_kwargs,
+    )
+
+
+def collate_a2v_clips(samples: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+    """Stacks [`A2VClipDataset`] items (all clips of a batch have the same length)."""
+    lengths = {sample["frames"].shape[0] for sample in samples}
+    if len(lengths) != 1:
+        raise ValueError(f"clips of one batch must have one length, got {sorted(lengths)}; use A2VBatchSampler")
+    return {key: torch.stack([sample[key] for sample in samples]) for key in samples[0]}

@@ -1,0 +1,75 @@
+"""Tiny A2V-FDM components shared by the A2V training, LoRA and Hub tests."""
+
+import contextlib
+import pytest
+import torch
+
+from diffusers_dawn.models.lfg import LFGAutoencoder
+from diffusers_dawn.models.unet_3d_flow import UNet3DFlowModel
+
+
+TINY_AUDIO_DIM = 16
+TINY_RESOLUTION = 32
+TINY_LATENT_SIZE = TINY_RESOLUTION // 4
+
+TINY_UNET_CONFIG = dict(
+    source_latent_channels=16,
+    face_location_channels=4,
+    face_location_hidden_channels=4,
+    base_channels=8,
+    channel_multipliers=(1, 2),
+    cond_dim=TINY_AUDIO_DIM + 8,
+    attention_heads=2,
+    attention_head_dim=8,
+    spatial_attention_head_dim=8,
+    cross_attention_heads=2,
+    cross_attention_head_dim=4,
+    resnet_groups=2,
+    init_kernel_size=3,
+)
+
+TINY_LFG_CONFIG = dict(
+    num_regions=2,
+    block_expansion=4,
+    max_features=16,
+    num_bottleneck_blocks=1,
+    region_block_expansion=4,
+    region_max_features=16,
+    region_num_blocks=2,
+    background_block_expansion=4,
+    background_max_features=16,
+    background_num_blocks=2,
+    motion_block_expansion=4,
+    motion_max_features=16,
+    motion_num_blocks=2,
+)
+
+
+def tiny_unet(seed: int = 0) -> UNet3DFlowModel:
+    torch.manual_seed(seed)
+    return UNet3DFlowModel(**TINY_UNET_CONFIG)
+
+
+def tiny_lfg(seed: int = 0) -> LFGAutoencoder:
+    torch.manual_seed(seed)
+    return LFGAutoencoder(**TINY_LFG_CONFIG).eval()
+
+
+@contextlib.contextmanager
+def one_thread():
+    """
+    The tiny models gain nothing from intra-op parallelism, and on a busy machine the thread barriers of a 2-thread
+    pool make single steps erratically 10-50x slower; training in these tests uses one thread.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    with one_thread():
+        yield

@@ -1,0 +1,166 @@
+"""LoRA on the A2V-FDM U-Net: adapter files, pipeline loading, fusing, adapter weights, disabling and unloading."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+from safetensors import safe_open
+
+from diffusers_dawn import DAWNPipeline
+from diffusers_dawn.loaders import DAWNLoraLoaderMixin
+from diffusers_dawn.loaders.lora import LORA_TARGET_SUFFIXES, lora_target_modules
+from diffusers_dawn.models.unet_3d_flow import UNet3DFlowModel
+from diffusers_dawn.testing.tiny_pipeline import tiny_pipeline_components
+from diffusers_dawn.training.a2v_trainer import a2v_loss
+
+from _a2v_utils import one_thread, single_thread  # noqa: F401  (autouse fixture)
+
+
+RANK, ALPHA = 4, 8
+
+
+def _loss_inputs(unet: UNet3DFlowModel, latent_size: int, frames: int = 4):
+    generator = torch.Generator().manual_seed(0)
+    config = unet.config
+    mouth_mask = torch.zeros(1, frames, latent_size, latent_size)
+    mouth_mask[:, :, latent_size // 2 :, latent_size // 4 : latent_size // 2] = 1
+    return dict(
+        motion_target=torch.rand(1, 3, frames, latent_size, latent_size, generator=generator) * 2 - 1,
+        conditions=torch.randn(1, frames, config.cond_dim, generator=generator),
+        source_latent=torch.randn(1, config.source_latent_channels, latent_size, latent_size, generator=generator),
+        face_mask=torch.ones(1, 1, 4 * latent_size, 4 * latent_size),
+        mouth_mask=mouth_mask,
+    )
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory):
+    """A LoRA adapter trained for a few steps with the A2V objective on the tiny pipeline's U-Net, saved to disk."""
+    components = tiny_pipeline_components()
+    unet, scheduler = components["unet"], components["scheduler"]
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=lora_target_modules(unet)))
+    parameters = [parameter for parameter in unet.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.Adam(parameters, lr=5e-2)
+    # The U-Net is convolutional: an adapter trained on small latents applies at any size.
+    inputs = _loss_inputs(unet, latent_size=8)
+    with one_thread():
+        for step in range(3):
+            output = a2v_loss(unet, scheduler, **inputs, generator=torch.Generator().manual_seed(step))
+            optimizer.zero_grad()
+            output.loss.backward()
+            optimizer.step()
+    folder = tmp_path_factory.mktemp("lora")
+    DAWNPipeline.save_lora_weights(
+        folder,
+        unet_lora_layers=get_peft_model_state_dict(unet),
+        unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
+    )
+    return folder
+
+
+@pytest.fixture
+def pipe():
+    pipeline = DAWNPipeline(**tiny_pipeline_components())
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def generate(pipe, frames=4):
+    audio_dim = pipe.unet.config.cond_dim - 8
+    return pipe(
+        image=torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(3)),
+        crop="none",
+        face_box=[40, 90, 30, 100, 128, 128],
+        source_pose=[1.0, -2.0, 0.5, 4.8e-4, 56.0, 65.0],
+        source_blink=[0.3, 0.28],
+        audio_features=torch.randn(frames, audio_dim, generator=torch.Generator().manual_seed(4)),
+        pose=np.zeros((frames, 6)) + [1.0, -2.0, 0.5, 4.8e-4, 56.0, 65.0],
+        blink=np.full((frames, 2), 0.3),
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+        output_type="latent",
+    ).frames
+
+
+def test_pipeline_is_a_lora_loader():
+    assert issubclass(DAWNPipeline, DAWNLoraLoaderMixin)
+    assert DAWNPipeline._lora_loadable_modules == ["unet"]
+
+
+def test_adapter_file_holds_only_lora_weights(adapter_dir):
+    path = adapter_dir / "pytorch_lora_weights.safetensors"
+    unet = tiny_pipeline_components()["unet"]
+    targets = lora_target_modules(unet)
+    with safe_open(str(path), "pt") as handle:
+        keys = set(handle.keys())
+        metadata = handle.metadata()
+    expected = {f"unet.{name}.lora_{part}.weight" for name in targets for part in "AB"}
+    assert keys == expected
+    assert len(targets) > 0 and all(name.endswith(LORA_TARGET_SUFFIXES) for name in targets)
+    config = json.loads(metadata["lora_adapter_metadata"])
+    assert (config["unet.r"], config["unet.lora_alpha"]) == (RANK, ALPHA)
+    base_keys = set(unet.state_dict())
+    assert not any(key[len("unet.") :] in base_keys for key in keys)
+
+
+def test_lora_changes_output_and_unloading_restores_it_exactly(pipe, adapter_dir):
+    base = generate(pipe)
+    pipe.load_lora_weights(adapter_dir, adapter_name="speaker")
+    assert pipe.get_list_adapters() == {"unet": ["speaker"]}
+    adapted = generate(pipe)
+    assert (adapted - base).abs().max() > 1e-3
+    pipe.unload_lora_weights()
+    assert torch.equal(generate(pipe), base)
+    assert not any("lora" in name for name in pipe.unet.state_dict())
+
+
+def test_fused_equals_unfused_and_unfuse_restores(pipe, adapter_dir):
+    pipe.load_lora_weights(adapter_dir / "pytorch_lora_weights.safetensors", adapter_name="speaker")
+    adapted = generate(pipe)
+    pipe.fuse_lora()
+    assert pipe.num_fused_loras == 1
+    torch.testing.assert_close(generate(pipe), adapted, atol=1e-4, rtol=0)
+    pipe.unfuse_lora()
+    assert pipe.num_fused_loras == 0
+    torch.testing.assert_close(generate(pipe), adapted, atol=1e-4, rtol=0)
+
+
+def test_adapter_weights_and_disabling(pipe, adapter_dir):
+    base = generate(pipe)
+    pipe.load_lora_weights(adapter_dir, adapter_name="speaker")
+    adapted = generate(pipe)
+    pipe.set_adapters(["speaker"], adapter_weights=[0.0])
+    torch.testing.assert_close(generate(pipe), base, atol=1e-6, rtol=0)
+    pipe.set_adapters("speaker", adapter_weights=1.0)
+    torch.testing.assert_close(generate(pipe), adapted, atol=1e-6, rtol=0)
+    pipe.disable_lora()
+    torch.testing.assert_close(generate(pipe), base, atol=1e-6, rtol=0)
+    pipe.enable_lora()
+    torch.testing.assert_close(generate(pipe), adapted, atol=1e-6, rtol=0)
+
+
+def test_two_adapters_and_unprefixed_state_dicts(pipe, adapter_dir):
+    pipe.load_lora_weights(adapter_dir, adapter_name="first")
+    first = generate(pipe)
+    # A state dict straight from get_peft_model_state_dict (no "unet." prefix) loads too.
+    with safe_open(str(adapter_dir / "pytorch_lora_weights.safetensors"), "pt") as handle:
+        unprefixed = {key[len("unet.") :]: handle.get_tensor(key) for key in handle.keys()}
+    pipe.load_lora_weights(unprefixed, adapter_name="second")
+    assert sorted(pipe.get_list_adapters()["unet"]) == ["first", "second"]
+    pipe.set_adapters(["first"])
+    torch.testing.assert_close(generate(pipe), first, atol=1e-6, rtol=0)
+    pipe.delete_adapters("second")
+    assert pipe.get_list_adapters() == {"unet": ["first"]}
+
+
+def test_bad_checkpoints_are_rejected(pipe, tmp_path):
+    with pytest.raises(ValueError, match="not a LoRA checkpoint"):
+        pipe.load_lora_weights({"unet.conv_in.weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match="unet_lora_layers"):
+        DAWNPipeline.save_lora_weights(tmp_path, unet_lora_layers={})
+    with pytest.raises(ValueError, match="no nn.Linear"):
+        lora_target_modules(torch.nn.Conv2d(1, 1, 1), ["to_q"])
