@@ -131,7 +131,13 @@ def test_save_and_load_round_trip(pipe, tmp_path):
     reloaded.set_progress_bar_config(disable=True)
     assert type(reloaded.unet) is type(pipe.unet)
     assert reloaded.config.resolution == pipe.config.resolution
-    np.testing.assert_array_equal(conditioned_call(pipe).frames, conditioned_call(reloaded).frames)
+    # Bit-identical weights; memory-mapped safetensors tensors can take other (equally exact) BLAS kernel paths,
+    # so allow float32 rounding, as diffusers' own save/load tests do.
+    for name in ("lfg", "unet", "pbnet_pose", "pbnet_blink", "audio_encoder"):
+        original, loaded = getattr(pipe, name).state_dict(), getattr(reloaded, name).state_dict()
+        assert original.keys() == loaded.keys()
+        assert all(torch.equal(original[key], loaded[key]) for key in original)
+    np.testing.assert_allclose(conditioned_call(pipe).frames, conditioned_call(reloaded).frames, atol=5e-4, rtol=0)
 
 
 def test_load_in_half_precision(pipe, tmp_path):

@@ -1,9 +1,7 @@
 """A2V-FDM two-stage curriculum: clip sampling, conditions, loss components, overfitting, and the training script."""
 
-import importlib.util
 import shutil
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,7 +30,16 @@ from diffusers_dawn.training.a2v_trainer import (
     sample_clip_length,
 )
 
-from _a2v_utils import TINY_AUDIO_DIM, TINY_LATENT_SIZE, TINY_RESOLUTION, single_thread, tiny_lfg, tiny_unet  # noqa: F401
+from _a2v_utils import (  # noqa: F401  (single_thread: autouse fixture)
+    TINY_AUDIO_DIM,
+    TINY_LATENT_SIZE,
+    TINY_RESOLUTION,
+    TINY_UNET_CONFIG,
+    single_thread,
+    tiny_lfg,
+    tiny_unet,
+)
+from _training_utils import TINY_HUBERT_DIM, build_tiny_dataset, load_training_script
 
 
 # -- clip sampling ----------------------------------------------------------------------------------------------------
@@ -200,14 +207,14 @@ def test_motion_target_is_the_lfg_flow_from_the_reference():
     assert target[:, 2].min() >= -1 and target[:, 2].max() <= 1  # occlusion · 2 − 1
 
 
-def _loss_inputs(batch=2, frames=3, seed=0):
+def _loss_inputs(batch=2, frames=3, seed=0, audio_dim=TINY_AUDIO_DIM):
     generator = torch.Generator().manual_seed(seed)
     size = TINY_LATENT_SIZE
     mouth_mask = torch.zeros(batch, frames, size, size)
     mouth_mask[:, :, 5:7, 3:5] = 1
     return dict(
         motion_target=torch.rand(batch, 3, frames, size, size, generator=generator) * 2 - 1,
-        conditions=torch.randn(batch, frames, TINY_AUDIO_DIM + 8, generator=generator),
+        conditions=torch.randn(batch, frames, audio_dim + 8, generator=generator),
         source_latent=torch.randn(batch, 16, size, size, generator=generator),
         face_mask=torch.ones(batch, 1, TINY_RESOLUTION, TINY_RESOLUTION),
         mouth_mask=mouth_mask,
@@ -266,73 +273,31 @@ def test_overfits_one_batch():
 
 
 # -- the training scripts, end to end on CPU --------------------------------------------------------------------------
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "training" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def scripts():
-    return types.SimpleNamespace(a2v=_load_script("train_a2v"), lora=_load_script("train_lora"))
+    return types.SimpleNamespace(a2v=load_training_script("train_a2v"), lora=load_training_script("train_lora"))
 
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
-    """A DAWN model folder with the parts training reads: `lfg`, `unet` (architecture) and `scheduler`."""
+    """
+    A DAWN model folder with the parts training reads: `lfg`, `unet` (architecture; it reads the tiny HuBERT's
+    features, pose and blink) and `scheduler`.
+    """
     from diffusers_dawn.schedulers.scheduling_dawn_ddim import DAWNDDIMScheduler
 
     folder = tmp_path_factory.mktemp("dawn")
     tiny_lfg().save_pretrained(folder / "lfg")
-    tiny_unet().save_pretrained(folder / "unet")
+    torch.manual_seed(0)
+    UNet3DFlowModel(**dict(TINY_UNET_CONFIG, cond_dim=TINY_HUBERT_DIM + 8)).save_pretrained(folder / "unet")
     DAWNDDIMScheduler().save_pretrained(folder / "scheduler")
     return folder
 
 
 @pytest.fixture(scope="module")
 def tiny_dataset_dir(tmp_path_factory):
-    """Two 45-frame videos at 32x32 in the DAWN training schema, saved with `save_to_disk`."""
-    import datasets
-    import PIL.Image
-
-    from diffusers_dawn.training.dataset import DAWN_DATASET_FEATURES
-
-    rng = np.random.default_rng(0)
-    frames, size = 45, TINY_RESOLUTION
-    rows = []
-    for video in range(2):
-        # A bright square (the "face") drifting over a noisy background, so the LFG sees motion.
-        images = []
-        for index in range(frames):
-            array = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
-            left = 6 + (index // 5 + video) % 8
-            array[8:24, left : left + 14] = 200
-            images.append(PIL.Image.fromarray(array))
-        rows.append(
-            dict(
-                video_id=f"video-{video}",
-                num_frames=frames,
-                fps=25.0,
-                resolution=size,
-                frames=images,
-                audio=(0.1 * rng.standard_normal(frames * 640)).astype(np.float32),
-                hubert=rng.standard_normal((frames, TINY_AUDIO_DIM)).astype(np.float32),
-                pose=rng.standard_normal((frames, 6)).astype(np.float32),
-                eye_ratios=rng.uniform(0.1, 0.4, (frames, 2)).astype(np.float32),
-                face_box=np.tile([6, 26, 6, 26, size, size], (frames, 1)).astype(np.float32),
-                lip_box=np.tile([12, 20, 18, 24], (frames, 1)).astype(np.float32),
-            )
-        )
-    features = datasets.Features({name: DAWN_DATASET_FEATURES[name] for name in rows[0]})
-    # The tiny U-Net reads 16-wide speech features instead of HuBERT-large's 1024.
-    features["hubert"] = datasets.Array2D((None, TINY_AUDIO_DIM), "float32")
-    folder = tmp_path_factory.mktemp("dataset")
-    datasets.Dataset.from_list(rows, features=features).save_to_disk(str(folder))
-    return folder
+    """Two synthetic talking-face videos (38 frames) through the real preprocessing, at the tiny model's 32 px."""
+    return build_tiny_dataset(tmp_path_factory.mktemp("a2v_data"), extra_args=["--resolution", str(TINY_RESOLUTION)])
 
 
 def _common_args(dataset_dir, model_dir, output_dir):
@@ -413,7 +378,7 @@ def test_train_lora_saves_only_adapter_weights_that_change_the_model(
     assert "lora" in hub.files("dawn-tester/speaker-lora")["README.md"].decode()
     adapted = UNet3DFlowModel.from_pretrained(tiny_model_dir / "unet")
     DAWNLoraLoaderMixin.load_lora_into_unet(state_dict, adapted, adapter_name="speaker", metadata=metadata)
-    inputs = _loss_inputs(batch=1, frames=2)
+    inputs = _loss_inputs(batch=1, frames=2, audio_dim=TINY_HUBERT_DIM)
     with torch.no_grad():
         arguments = (
             inputs["motion_target"], torch.tensor([300]), inputs["conditions"], inputs["source_latent"]

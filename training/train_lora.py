@@ -75,7 +75,7 @@ class LoraModelAdapter(A2VModelAdapter):
         return self._save(unet, args.output_dir)
 
     model_card_tags = A2VModelAdapter.model_card_tags + ["lora"]
-    hub_allow_patterns = [LORA_WEIGHT_NAME, "README.md"]
+    hub_allow_patterns = [LORA_WEIGHT_NAME]
 
     def model_card_description(self, args) -> str:
         return (

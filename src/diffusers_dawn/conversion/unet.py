@@ -10,6 +10,7 @@ from torch import nn
 
 from ..models.embeddings import RotaryEmbedding
 from ..models.unet_3d_flow import UNet3DFlowModel
+from ..schedulers.scheduling_dawn_ddim import dawn_cosine_betas
 from .common import CheckpointConversionError, check_keys, load_official_checkpoint
 
 UNET_PREFIX = "denoise_fn."
@@ -66,10 +67,7 @@ def dawn_cosine_schedule_buffers(timesteps: int = 1000, s: float = 0.008) -> Dic
     The twelve diffusion buffers stored in an official DAWN checkpoint: cosine schedule (Nichol & Dhariwal, offset
     `s`, betas clipped to 0.9999) and the derived quantities, computed in float64 and stored as float32.
     """
-    steps = torch.linspace(0, timesteps, timesteps + 1, dtype=torch.float64)
-    cumulative = torch.cos((steps / timesteps + s) / (1 + s) * math.pi * 0.5) ** 2
-    cumulative = cumulative / cumulative[0]
-    betas = torch.clip(1 - cumulative[1:] / cumulative[:-1], 0, 0.9999)
+    betas = dawn_cosine_betas(timesteps, s)
     alphas = 1.0 - betas
     alphas_cumprod = torch.cumprod(alphas, dim=0)
     alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])

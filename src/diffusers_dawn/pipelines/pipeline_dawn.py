@@ -13,12 +13,13 @@ from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import HubertModel, Wav2Vec2FeatureExtractor
 
+from ..loaders.lora import DAWNLoraLoaderMixin
 from ..models.lfg import LFGAutoencoder, motion_latent_to_flow
 from ..models.pbnet import PBNetModel
 from ..models.unet_3d_flow import UNet3DFlowModel
 from ..processing.audio import AUDIO_SAMPLING_RATE, VIDEO_FPS, compute_hubert_features, load_audio, num_video_frames
 from ..processing.face import FaceAnalyzer, face_mask
-from ..processing.image import crop_to_face, image_to_tensor, load_image, resize_square
+from ..processing.image import crop_to_face, float_image_tensor, image_to_tensor, load_image, resize_square
 from ..processing.video import read_video
 from ..schedulers.scheduling_dawn_ddim import DAWNDDIMScheduler
 from .pipeline_output import DAWNPipelineOutput
@@ -48,7 +49,7 @@ class SpeechConditions:
     waveform: Optional[np.ndarray] = None  # 16 kHz mono, trimmed to frames / fps seconds
 
 
-class DAWNPipeline(DiffusionPipeline):
+class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
     r"""
     Talking-head generation with DAWN (Dynamic frame Avatar With Non-autoregressive diffusion).
 
@@ -60,13 +61,17 @@ class DAWNPipeline(DiffusionPipeline):
     Args:
         lfg ([`LFGAutoencoder`]): Latent flow generator: encodes the portrait, decodes frames from motion latents.
         unet ([`UNet3DFlowModel`]): A2V-FDM denoiser of motion latents.
-        pbnet_pose ([`PBNetModel`]): Pose generator (6-D head pose per frame).
-        pbnet_blink ([`PBNetModel`]): Blink generator (2 eye aspect ratios per frame).
         scheduler ([`SchedulerMixin`]):
             [`DAWNDDIMScheduler`] reproduces the official sampler; any diffusers scheduler built with
             `X.from_config(pipe.scheduler.config)` sees the same training schedule.
-        audio_encoder ([`~transformers.HubertModel`]): Speech encoder (hubert-large-ls960-ft for official weights).
-        feature_extractor ([`~transformers.Wav2Vec2FeatureExtractor`]): Waveform normalisation for `audio_encoder`.
+        pbnet_pose ([`PBNetModel`], *optional*): Pose generator (6-D head pose per frame). Without it, pass `pose`
+            or `driving_video`.
+        pbnet_blink ([`PBNetModel`], *optional*): Blink generator (2 eye aspect ratios per frame). Without it,
+            pass `blink` or `driving_video`.
+        audio_encoder ([`~transformers.HubertModel`], *optional*): Speech encoder (hubert-large-ls960-ft for
+            official weights). Without it, pass `audio_features`.
+        feature_extractor ([`~transformers.Wav2Vec2FeatureExtractor`], *optional*): Waveform normalisation for
+            `audio_encoder`.
         resolution (`int`, defaults to 128): Side of the square frames the models work at.
         face_backend (`str`, defaults to `"auto"`): Face analysis backend, see [`FaceAnalyzer`].
         crop (`str`, defaults to `"face"`): `"face"` crops a face-centred square, `"resize"` squashes the whole
@@ -75,17 +80,20 @@ class DAWNPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "audio_encoder->pbnet_pose->pbnet_blink->lfg->unet"
+    # A pipeline without them still runs when the caller gives what they would produce (audio_features, pose,
+    # blink), e.g. the validation pipeline of A2V-FDM training.
+    _optional_components = ["pbnet_pose", "pbnet_blink", "audio_encoder", "feature_extractor"]
     _callback_tensor_inputs = ["latents", "encoder_hidden_states"]
 
     def __init__(
         self,
         lfg: LFGAutoencoder,
         unet: UNet3DFlowModel,
-        pbnet_pose: PBNetModel,
-        pbnet_blink: PBNetModel,
         scheduler: DAWNDDIMScheduler,
-        audio_encoder: HubertModel,
-        feature_extractor: Wav2Vec2FeatureExtractor,
+        pbnet_pose: Optional[PBNetModel] = None,
+        pbnet_blink: Optional[PBNetModel] = None,
+        audio_encoder: Optional[HubertModel] = None,
+        feature_extractor: Optional[Wav2Vec2FeatureExtractor] = None,
         resolution: int = 128,
         face_backend: str = "auto",
         crop: str = "face",
@@ -195,8 +203,10 @@ class DAWNPipeline(DiffusionPipeline):
                 f"crop='none' needs a {resolution}x{resolution} image, got {picture.size[0]}x{picture.size[1]}; "
                 "use crop='face' or crop='resize'"
             )
+        # An uncropped float tensor is used as given (no 8-bit round trip), e.g. frames from a dataset or a test.
+        exact = float_image_tensor(image) if crop == "none" else None
         return SourcePortrait(
-            image=image_to_tensor(picture),
+            image=exact if exact is not None else image_to_tensor(picture),
             face_box=face_box,
             pose=np.asarray(source_pose, dtype=np.float64).reshape(6),
             blink=np.asarray(source_blink, dtype=np.float64).reshape(2),
@@ -221,6 +231,11 @@ class DAWNPipeline(DiffusionPipeline):
             return SpeechConditions(features=features)
         if audio is None:
             raise ValueError("pass the speech as `audio` (path, array or tensor) or precomputed `audio_features`")
+        if self.audio_encoder is None or self.feature_extractor is None:
+            raise ValueError(
+                "this pipeline has no audio_encoder/feature_extractor: pass precomputed `audio_features`, or load "
+                "the pipeline with a HuBERT (audio_encoder=HubertModel..., feature_extractor=...)"
+            )
         waveform = load_audio(audio, sampling_rate=sampling_rate, target_rate=AUDIO_SAMPLING_RATE)
         frames = num_video_frames(len(waveform))
         if num_frames is not None:
@@ -257,6 +272,11 @@ class DAWNPipeline(DiffusionPipeline):
             blink = driven_blink if blink is None else blink
         device = self._execution_device
         audio = speech.features[None].to(device)
+        for name, values, model in (("pose", pose, self.pbnet_pose), ("blink", blink, self.pbnet_blink)):
+            if values is None and model is None:
+                raise ValueError(
+                    f"this pipeline has no pbnet_{name}: pass `{name}` (one row per frame) or a `driving_video`"
+                )
         if pose is None:
             initial = torch.as_tensor(source.pose, dtype=self.pbnet_pose.dtype, device=device).reshape(1, 1, 6)
             pose = self.pbnet_pose.generate_states(initial, audio.to(self.pbnet_pose.dtype), generator=generator)[0]
@@ -443,19 +463,24 @@ class DAWNPipeline(DiffusionPipeline):
         latents = self.prepare_latents(frame_count, torch.float32, device, generator, latents)
         step_kwargs = self._step_kwargs(generator, eta)
         unet_dtype = self.unet.dtype
-        if self.do_classifier_free_guidance:
-            condition_batch = torch.cat([torch.zeros_like(encoder_hidden_states), encoder_hidden_states])
-        else:
-            condition_batch = encoder_hidden_states
-        batch = condition_batch.shape[0]
+        batch = 2 if self.do_classifier_free_guidance else 1
 
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
+                # Built each step: a callback may replace `encoder_hidden_states`. The unconditional branch of
+                # guidance is the all-zero condition the U-Net was trained with as its null condition.
+                if self.do_classifier_free_guidance:
+                    condition_batch = torch.cat([torch.zeros_like(encoder_hidden_states), encoder_hidden_states])
+                else:
+                    condition_batch = encoder_hidden_states
                 model_input = self.scheduler.scale_model_input(latents, t)
                 model_input = model_input.expand(batch, -1, -1, -1, -1)
-                timestep = t.to(device).reshape(1).expand(batch) if torch.is_tensor(t) else torch.full((batch,), t, device=device)
+                if torch.is_tensor(t):
+                    timestep = t.to(device).reshape(1).expand(batch)
+                else:
+                    timestep = torch.full((batch,), t, device=device)
                 noise_pred = self.unet(
                     model_input.to(unet_dtype),
                     timestep,
@@ -469,7 +494,8 @@ class DAWNPipeline(DiffusionPipeline):
                 latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
 
                 if callback_on_step_end is not None:
-                    callback_kwargs = {name: locals()[name] for name in callback_on_step_end_tensor_inputs}
+                    step_tensors = {"latents": latents, "encoder_hidden_states": encoder_hidden_states}
+                    callback_kwargs = {name: step_tensors[name] for name in callback_on_step_end_tensor_inputs}
                     callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
                     latents = callback_outputs.pop("latents", latents)
                     encoder_hidden_states = callback_outputs.pop("encoder_hidden_states", encoder_hidden_states)

@@ -224,3 +224,20 @@ def image_to_tensor(image: PIL.Image.Image) -> torch.Tensor:
     """(1, 3, H, W) float32 in [0, 1] (no mean/std normalisation, like the official code)."""
     array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
     return torch.from_numpy(array).permute(2, 0, 1)[None].contiguous()
+
+
+def float_image_tensor(image: ImageLike):
+    """
+    A float RGB tensor input, (3, H, W) or (1, 3, H, W) in [0, 1], as a (1, 3, H, W) float32 tensor without the 8-bit
+    rounding of [`load_image`]; `None` for any other input. Used when the image is taken as it is (no crop).
+    """
+    if not torch.is_tensor(image) or not image.is_floating_point():
+        return None
+    tensor = image.detach().cpu().float()
+    if tensor.ndim == 3:
+        tensor = tensor[None]
+    if tensor.ndim != 4 or tensor.shape[:2] != (1, 3):
+        return None
+    if tensor.min() < 0 or tensor.max() > 1:
+        raise ImageLoadError("a float image tensor must hold values in [0, 1]")
+    return tensor.contiguous()

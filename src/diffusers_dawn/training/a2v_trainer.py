@@ -8,14 +8,11 @@ flow grids and occlusion maps that the frozen latent flow generator (LFG) estima
 of the clip.
 """
 
-import io
 import math
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
-import datasets
 import numpy as np
-import PIL.Image
 import torch
 import torch.nn.functional as F
 from diffusers.utils import BaseOutput
@@ -23,6 +20,8 @@ from diffusers.utils import BaseOutput
 from ..models.lfg import LFGAutoencoder, flow_to_motion_latent
 from ..processing.face import face_mask, lip_mask
 from ..processing.image import image_to_tensor
+from ..schedulers.scheduling_dawn_ddim import dynamic_threshold
+from .dataset import decode_frame, keep_frames_encoded
 
 
 STAGE_CLIP_LENGTHS = {1: (20, 20), 2: (30, 40)}
@@ -157,18 +156,9 @@ class A2VBatchSampler(torch.utils.data.Sampler):
             yield [(int(video), length, int(clip_seed)) for video, clip_seed in zip(videos, clip_seeds)]
 
 
-def _decode_frame(frame) -> PIL.Image.Image:
-    """A stored frame: a PIL image, or the `{"bytes", "path"}` dict of an undecoded `datasets.Image`."""
-    if isinstance(frame, PIL.Image.Image):
-        return frame
-    if isinstance(frame, dict):
-        return PIL.Image.open(io.BytesIO(frame["bytes"]) if frame.get("bytes") is not None else frame["path"])
-    raise TypeError(f"unsupported frame type {type(frame).__name__}; frames must be datasets.Image values")
-
-
 def _frames_to_tensor(frames: Sequence) -> torch.Tensor:
     """Frames → (F, 3, S, S) float32 in [0, 1]."""
-    return torch.cat([image_to_tensor(_decode_frame(frame)) for frame in frames])
+    return torch.cat([image_to_tensor(decode_frame(frame)) for frame in frames])
 
 
 def build_conditions(
@@ -224,7 +214,7 @@ class A2VClipDataset(torch.utils.data.Dataset):
             )
         dataset = dataset.select_columns(list(CLIP_COLUMNS))
         # Keep frames encoded: a clip decodes 20-40 frames, not the whole video.
-        dataset = dataset.cast_column("frames", datasets.List(datasets.Image(decode=False)))
+        dataset = keep_frames_encoded(dataset)
         self.dataset = dataset
         self.stage = stage
         self.latent_downsampling = latent_downsampling
@@ -340,17 +330,6 @@ def drop_conditions(
     return conditions * keep.unsqueeze(-1)
 
 
-def dynamic_threshold(sample: torch.Tensor, percentile: float = DYNAMIC_THRESHOLD_PERCENTILE) -> torch.Tensor:
-    r"""
-    Official dynamic thresholding of a predicted clean sample: per sample, s = max(1, `percentile`-quantile of |x|
-    over all its elements), then x = clamp(x, −s, s) / s.
-    """
-    absolute = sample.detach().abs().reshape(sample.shape[0], -1).float()
-    scale = torch.quantile(absolute, percentile, dim=1).clamp(min=1.0).to(sample.dtype)
-    scale = scale.view(-1, *([1] * (sample.ndim - 1)))
-    return torch.maximum(torch.minimum(sample, scale), -scale) / scale
-
-
 def predict_original_sample(
     alphas_cumprod: torch.Tensor, noisy_sample: torch.Tensor, noise_pred: torch.Tensor, timesteps: torch.Tensor
 ) -> torch.Tensor:
@@ -451,7 +430,8 @@ def a2v_loss(
     simple = squared_error.mean()
     lip = lip_weighted_loss(squared_error, mouth_mask)
     predicted_original = dynamic_threshold(
-        predict_original_sample(noise_scheduler.alphas_cumprod, noisy_sample, noise_pred, timesteps)
+        predict_original_sample(noise_scheduler.alphas_cumprod, noisy_sample, noise_pred, timesteps),
+        percentile=DYNAMIC_THRESHOLD_PERCENTILE,
     )
     flow = flow_loss(predicted_original, motion_target)
     total = simple + lip_loss_weight * lip + flow_loss_weight * flow

@@ -1,0 +1,303 @@
+"""The `diffusers-dawn` command: `convert` official checkpoints into a pipeline folder, `generate` talking-head videos."""
+
+import argparse
+import logging as python_logging
+import os
+import sys
+import time
+from typing import Dict, List, Optional
+
+# Package data folders (under `diffusers_dawn/assets/`) of demo pipelines that `generate --model NAME` can use by name
+# instead of a folder or hub id. Empty until a demo model ships with the package.
+EMBEDDED_MODELS: Dict[str, str] = {}
+
+SCHEDULER_CHOICES = ("dawn-ddim", "ddim", "dpm++", "dpmsolver", "euler", "unipc")
+DTYPE_CHOICES = ("auto", "fp16", "bf16", "fp32")
+VIDEO_EXTENSIONS = (".mp4",)
+PROGRAM = "diffusers-dawn"
+
+
+class CommandError(ValueError):
+    """A command-line value that cannot be used; the message says what to pass instead."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# convert
+# ---------------------------------------------------------------------------------------------------------------------
+def convert_command(args: argparse.Namespace) -> int:
+    """`diffusers-dawn convert`: official checkpoints (+ HuBERT) → a `DAWNPipeline` folder."""
+    from .conversion.convert import convert_official_checkpoints, load_face_location_weights
+
+    face_location_state_dict = None
+    if args.face_location_weights is not None:
+        face_location_state_dict = load_face_location_weights(args.face_location_weights)
+    started = time.perf_counter()
+    convert_official_checkpoints(
+        lfg_path=args.lfg,
+        dawn_path=args.dawn,
+        pbnet_pose_path=args.pbnet_pose,
+        pbnet_blink_path=args.pbnet_blink,
+        output_dir=args.output,
+        hubert_path=args.hubert,
+        face_location_state_dict=face_location_state_dict,
+        pbnet_pose_options=args.pbnet_pose_options,
+        pbnet_blink_options=args.pbnet_blink_options,
+        resolution=args.resolution,
+        overwrite=args.overwrite,
+    )
+    print(
+        f"Converted pipeline written to {args.output} ({time.perf_counter() - started:.1f} s); load it with "
+        f"DAWNPipeline.from_pretrained({args.output!r}) or `{PROGRAM} generate --model {args.output} ...`"
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# generate
+# ---------------------------------------------------------------------------------------------------------------------
+def resolve_model(model: str) -> str:
+    """A registered demo model name → its package folder; anything else (folder, hub id) is returned unchanged."""
+    if model in EMBEDDED_MODELS:
+        folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", EMBEDDED_MODELS[model])
+        if not os.path.isfile(os.path.join(folder, "model_index.json")):
+            raise CommandError(f"the embedded model {model!r} is missing from this installation ({folder})")
+        return folder
+    if os.path.exists(model) and not os.path.isfile(os.path.join(model, "model_index.json")):
+        raise CommandError(
+            f"{model}: not a pipeline folder (no model_index.json); create one with `{PROGRAM} convert` or pass a "
+            "hub id"
+        )
+    return model
+
+
+def scheduler_class(name: str):
+    """The scheduler class registered for a `--scheduler` name."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, UniPCMultistepScheduler
+
+    from .schedulers.scheduling_dawn_ddim import DAWNDDIMScheduler
+
+    classes = {
+        "dawn-ddim": DAWNDDIMScheduler,
+        "ddim": DDIMScheduler,
+        "dpm++": DPMSolverMultistepScheduler,
+        "dpmsolver": DPMSolverMultistepScheduler,
+        "euler": EulerDiscreteScheduler,
+        "unipc": UniPCMultistepScheduler,
+    }
+    if name not in classes:
+        raise CommandError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULER_CHOICES)}")
+    return classes[name]
+
+
+def resolve_device_and_dtype(device: Optional[str], dtype: str):
+    """`--device` (default: cuda when available) and `--dtype` (auto: fp16 on cuda, fp32 elsewhere) as torch objects."""
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise CommandError(f"--device {device!r} is not a device name (examples: cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CommandError("--device cuda was requested but no CUDA GPU is available; use --device cpu")
+    if dtype == "auto":
+        dtype = "fp16" if device.type == "cuda" else "fp32"
+    if dtype == "fp16" and device.type == "cpu":
+        # diffusers refuses to run float16 pipelines on the CPU (many kernels are missing or very slow there).
+        raise CommandError("--dtype fp16 needs a GPU; on the CPU use --dtype fp32 (default) or bf16")
+    torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+    return device, torch_dtype
+
+
+def _dtype_argument(torch_dtype) -> Dict:
+    # diffusers 0.42 renamed `torch_dtype` to `dtype` (the old name warns); older releases only know `torch_dtype`.
+    from diffusers.pipelines import pipeline_utils
+
+    return {"dtype": torch_dtype} if hasattr(pipeline_utils, "_resolve_dtype") else {"torch_dtype": torch_dtype}
+
+
+def generate_command(args: argparse.Namespace) -> int:
+    """`diffusers-dawn generate`: portrait + speech → MP4 with the speech muxed in."""
+    if not args.output.lower().endswith(VIDEO_EXTENSIONS):
+        raise CommandError(f"--output must be an .mp4 file, got {args.output!r}")
+    if args.steps < 1:
+        raise CommandError(f"--steps must be at least 1, got {args.steps}")
+    model = resolve_model(args.model)
+    device, torch_dtype = resolve_device_and_dtype(args.device, args.dtype)
+
+    import torch
+
+    from .pipelines.pipeline_dawn import DAWNPipeline
+    from .processing.audio import AUDIO_SAMPLING_RATE, load_audio
+    from .processing.image import load_image
+    from .processing.video import VideoReadError, export_to_video_with_audio
+
+    # Read the inputs before the (slow) model load, so that a wrong path fails at once.
+    image = load_image(args.image)
+    speech = load_audio(args.audio, target_rate=AUDIO_SAMPLING_RATE)
+    if args.pose_from is not None and not os.path.isfile(args.pose_from):
+        raise VideoReadError(f"{args.pose_from}: no such video file (--pose-from)")
+
+    print(f"Loading {model} ({str(torch_dtype).replace('torch.', '')} on {device})", file=sys.stderr)
+    pipe = DAWNPipeline.from_pretrained(model, **_dtype_argument(torch_dtype))
+    if args.scheduler is not None:
+        pipe.scheduler = scheduler_class(args.scheduler).from_config(pipe.scheduler.config)
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(desc="Denoising", disable=False)
+
+    # A CPU generator draws the same noise for a seed whatever the device the models run on.
+    generator = torch.Generator("cpu").manual_seed(args.seed)
+    started = time.perf_counter()
+    output = pipe(
+        image=image,
+        audio=speech,
+        sampling_rate=AUDIO_SAMPLING_RATE,
+        driving_video=args.pose_from,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        generator=generator,
+        output_type="np",
+    )
+    frames = output.frames[0]
+    path = export_to_video_with_audio(
+        frames, args.output, fps=output.fps, audio=output.audio, audio_sampling_rate=output.audio_sampling_rate
+    )
+    print(
+        f"Wrote {path}: {len(frames)} frames at {output.fps:g} fps ({len(frames) / output.fps:.2f} s), "
+        f"{frames.shape[2]}x{frames.shape[1]}, with audio; generated in {time.perf_counter() - started:.1f} s"
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Parser and entry point
+# ---------------------------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROGRAM, description="DAWN talking-head generation with Hugging Face diffusers."
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
+    subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    convert = subcommands.add_parser(
+        "convert",
+        help="convert the official DAWN checkpoints into a pipeline folder",
+        description="Convert the official DAWN release (LFG, DAWN A2V-FDM, pose and blink PBNets) plus HuBERT into "
+        "a folder that DAWNPipeline.from_pretrained loads.",
+    )
+    convert.add_argument("--lfg", required=True, metavar="PTH", help="LFG_128_1000ep.pth or LFG_256_400ep.pth")
+    convert.add_argument("--dawn", required=True, metavar="PTH", help="DAWN_128.pth or DAWN_256.pth")
+    convert.add_argument("--pbnet-pose", required=True, metavar="PTH", help="pbnet_seperate/pose/checkpoint_*.pth.tar")
+    convert.add_argument("--pbnet-blink", required=True, metavar="PTH", help="pbnet_seperate/blink/checkpoint_*.pth.tar")
+    convert.add_argument(
+        "--hubert",
+        metavar="DIR",
+        help="folder with facebook/hubert-large-ls960-ft saved by save_pretrained (model + feature extractor); "
+        "required",
+    )
+    convert.add_argument("--output", required=True, metavar="DIR", help="pipeline folder to write")
+    convert.add_argument(
+        "--face-location-weights",
+        metavar="FILE",
+        help="face-location encoder weights (.safetensors/.pth, keys conv1.*, conv2.*); default: seeded init",
+    )
+    convert.add_argument("--pbnet-pose-options", metavar="YAML", help="opt.yaml of the pose PBNet")
+    convert.add_argument("--pbnet-blink-options", metavar="YAML", help="opt.yaml of the blink PBNet")
+    convert.add_argument(
+        "--resolution", type=int, choices=(128, 256), help="frame size (default: from the file names, else 128)"
+    )
+    convert.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+    _add_debug_option(convert)
+    convert.set_defaults(handler=convert_command)
+
+    generate = subcommands.add_parser(
+        "generate",
+        help="generate a talking-head video from a portrait and speech",
+        description="Generate a talking-head MP4 (H.264 + AAC speech) from one portrait and one speech clip.",
+    )
+    generate.add_argument(
+        "--model",
+        required=True,
+        metavar="DIR_OR_HUB_ID",
+        help="pipeline folder (from `convert`), hub id"
+        + (f", or one of the embedded models {sorted(EMBEDDED_MODELS)}" if EMBEDDED_MODELS else ""),
+    )
+    generate.add_argument("--image", required=True, metavar="IMG", help="portrait (any image file)")
+    generate.add_argument("--audio", required=True, metavar="AUDIO", help="speech (wav, flac, mp3, m4a or a video)")
+    generate.add_argument("--output", required=True, metavar="OUT.mp4", help="video file to write")
+    generate.add_argument("--steps", type=int, default=20, metavar="N", help="denoising steps (default: 20)")
+    generate.add_argument(
+        "--scheduler",
+        choices=SCHEDULER_CHOICES,
+        help="sampler (default: the pipeline's own, DAWN's DDIM)",
+    )
+    generate.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: 0)")
+    generate.add_argument("--device", metavar="D", help="torch device (default: cuda when available, else cpu)")
+    generate.add_argument(
+        "--dtype", choices=DTYPE_CHOICES, default="auto", help="weights precision (default: fp16 on cuda, else fp32)"
+    )
+    generate.add_argument(
+        "--pose-from", metavar="VIDEO", help="take head motion and blinks from this driving video instead of PBNet"
+    )
+    generate.add_argument(
+        "--guidance-scale", type=float, default=1.0, metavar="G", help="classifier-free guidance (default: 1, off)"
+    )
+    _add_debug_option(generate)
+    generate.set_defaults(handler=generate_command)
+    return parser
+
+
+def _add_debug_option(subcommand: argparse.ArgumentParser) -> None:
+    # Accepted after the subcommand too; SUPPRESS keeps a `--debug` given before it from being reset to False.
+    subcommand.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+
+
+def _user_errors():
+    """Exception types that mean bad input: reported as one line, without a traceback."""
+    from .processing.face_detectors import FaceBackendUnavailable
+
+    # CheckpointConversionError, NoFaceError, AudioLoadError, ImageLoadError, VideoReadError and CommandError are
+    # ValueErrors; OSError covers missing files and hub ids that cannot be resolved.
+    return (ValueError, OSError, FaceBackendUnavailable)
+
+
+def _configure_logging(debug: bool):
+    """Shows the package's step-by-step progress on stderr; returns a function that restores the previous setup."""
+    package_logger = python_logging.getLogger("diffusers_dawn")
+    previous = (package_logger.handlers[:], package_logger.level, package_logger.propagate)
+    handler = python_logging.StreamHandler(sys.stderr)
+    handler.setFormatter(python_logging.Formatter("%(message)s"))
+    package_logger.handlers = [handler]
+    package_logger.setLevel(python_logging.DEBUG if debug else python_logging.INFO)
+    package_logger.propagate = False
+
+    def restore():
+        package_logger.handlers, package_logger.propagate = previous[0], previous[2]
+        package_logger.setLevel(previous[1])
+
+    return restore
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of the `diffusers-dawn` console script; returns the exit status (2 for bad input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    restore_logging = _configure_logging(args.debug)
+    try:
+        return args.handler(args)
+    except _user_errors() as error:
+        if args.debug:
+            raise
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"{PROGRAM}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROGRAM}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        restore_logging()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""
+A DAWN pipeline with tiny, randomly initialised components: the real module trees and data flow at a few thousand
+parameters per model, for smoke runs, tests and the command-line demo. Its videos show the portrait warped by
+random motion, not speech-driven lips.
+
+    python -m diffusers_dawn.testing.tiny_pipeline OUTDIR
+
+writes a folder that `DAWNPipeline.from_pretrained(OUTDIR)` loads (tiny HuBERT included).
+"""
+
+import argparse
+import sys
+from typing import Dict
+
+import torch
+
+from ..models.lfg import LFGAutoencoder
+from ..models.pbnet import PBNetModel
+from ..models.unet_3d_flow import UNet3DFlowModel
+from ..schedulers.scheduling_dawn_ddim import DAWNDDIMScheduler
+from .tiny_hubert import build_tiny_hubert
+
+
+TINY_RESOLUTION = 128
+TINY_AUDIO_DIM = 32
+
+# The LFG needs 128 px for its 5-block hourglasses at scale 0.25; the bottleneck has 8 · 2² = 32 channels, the
+# source-latent width of the tiny U-Net (and of the official tiny parity fixtures).
+TINY_LFG_CONFIG = dict(
+    num_regions=4,
+    block_expansion=8,
+    max_features=64,
+    num_bottleneck_blocks=1,
+    region_block_expansion=4,
+    region_max_features=32,
+    region_num_blocks=5,
+    background_block_expansion=4,
+    background_max_features=32,
+    background_num_blocks=5,
+    motion_block_expansion=4,
+    motion_max_features=32,
+    motion_num_blocks=5,
+)
+
+TINY_UNET_CONFIG = dict(
+    source_latent_channels=32,
+    face_location_channels=4,
+    face_location_hidden_channels=4,
+    base_channels=8,
+    channel_multipliers=(1, 2),
+    cond_dim=TINY_AUDIO_DIM + 8,
+    attention_heads=2,
+    attention_head_dim=16,
+    spatial_attention_head_dim=8,
+    cross_attention_heads=2,
+    cross_attention_head_dim=8,
+    resnet_groups=4,
+    init_kernel_size=3,
+)
+
+_TINY_PBNET_COMMON = dict(
+    audio_dim=TINY_AUDIO_DIM,
+    pose_latent_dim=4,
+    audio_latent_dim=4,
+    latent_dim=4,
+    ff_size=16,
+    num_layers=2,
+    num_heads=2,
+    attention_head_dim=8,
+)
+
+TINY_PBNET_POSE_CONFIG = dict(
+    _TINY_PBNET_COMMON,
+    state_dim=6,
+    state_min=[-90.0, -90.0, -90.0, 0.0, 0.0, 0.0],
+    state_max=[90.0, 90.0, 90.0, 1.0, 720.0, 1080.0],
+)
+# Blink states are eye aspect ratios, used raw (no normalisation range).
+TINY_PBNET_BLINK_CONFIG = dict(_TINY_PBNET_COMMON, state_dim=2, state_min=None, state_max=None)
+
+
+def tiny_pipeline_components(seed: int = 0) -> Dict[str, object]:
+    """
+    Keyword arguments for `DAWNPipeline(**components)`: tiny random models seeded from `seed` (the global RNG is
+    left as it was), DAWN's scheduler, and a tiny HuBERT with the real front end.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        lfg = LFGAutoencoder(**TINY_LFG_CONFIG).eval()
+        unet = UNet3DFlowModel(**TINY_UNET_CONFIG).eval()
+        pbnet_pose = PBNetModel(**TINY_PBNET_POSE_CONFIG).eval()
+        pbnet_blink = PBNetModel(**TINY_PBNET_BLINK_CONFIG).eval()
+    audio_encoder, feature_extractor = build_tiny_hubert(seed=seed, hidden_size=TINY_AUDIO_DIM)
+    return dict(
+        lfg=lfg,
+        unet=unet,
+        pbnet_pose=pbnet_pose,
+        pbnet_blink=pbnet_blink,
+        scheduler=DAWNDDIMScheduler(),
+        audio_encoder=audio_encoder,
+        feature_extractor=feature_extractor,
+        resolution=TINY_RESOLUTION,
+    )
+
+
+def tiny_pipeline(seed: int = 0):
+    """A ready [`DAWNPipeline`] built from [`tiny_pipeline_components`]."""
+    from ..pipelines.pipeline_dawn import DAWNPipeline
+
+    return DAWNPipeline(**tiny_pipeline_components(seed))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m diffusers_dawn.testing.tiny_pipeline",
+        description="Write a tiny random-weight DAWN pipeline folder (for smoke runs and tests).",
+    )
+    parser.add_argument("output_dir", help="folder to write; DAWNPipeline.from_pretrained(output_dir) loads it")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    args = parser.parse_args(argv)
+    tiny_pipeline(args.seed).save_pretrained(args.output_dir)
+    print(f"Wrote a tiny random-weight DAWN pipeline to {args.output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,489 @@
+"""
+Shared scaffolding of the DAWN training scripts (Accelerate).
+
+A script builds its models, optimisers and data, then hands one training step to [`run_training`], which does the
+rest the same way for every script: resuming (`--resume_from_checkpoint latest`), the deterministic data order
+(a resumed run reproduces the uninterrupted one), gradient accumulation, EMA updates, checkpoints with rotation,
+validation calls, the progress bar and tensorboard logging. Models go into checkpoints with `save_pretrained`
+(diffusers layout), through the save / load hooks of [`register_checkpoint_hooks`].
+
+Determinism. A resumed run continues with exactly the numbers of the uninterrupted one because
+- `accelerator.save_state` / `load_state` store and restore the model, optimiser, LR-scheduler and RNG states
+  (torch, numpy, python, CUDA) and the objects given to `accelerator.register_for_checkpointing`;
+- the data order and every random choice of the data pipeline come from [`EpochSampler`]: sample `i` of epoch `e`
+  gets a seed derived from `(seed, e, i)`, never from a global generator, so skipping the batches already seen
+  (`accelerator.skip_first_batches`) lands on exactly the batch the uninterrupted run would see next;
+- the `DataLoader` gets its own generator, so creating an iterator does not consume the global torch RNG.
+"""
+
+import argparse
+import logging
+import math
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from tqdm.auto import tqdm
+
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------------------
+def add_common_training_args(parser: argparse.ArgumentParser, **defaults) -> argparse.ArgumentParser:
+    """
+    Adds the flags every DAWN training script shares; keyword arguments override their defaults (e.g.
+    `learning_rate=4e-4, train_batch_size=82`).
+    """
+    group = parser.add_argument_group("training (shared by all DAWN scripts)")
+    group.add_argument("--output_dir", required=True, help="Where checkpoints, logs and the final model go.")
+    group.add_argument("--seed", type=int, default=1234, help="Seed of models, data order and augmentation.")
+    group.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
+                       help="Defaults to the `accelerate config` value.")
+    group.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    group.add_argument("--gradient_checkpointing", action="store_true", help="Trade compute for activation memory.")
+    group.add_argument("--use_ema", action="store_true", help="Keep an exponential moving average of the weights.")
+    group.add_argument("--ema_decay", type=float, default=0.9999)
+    group.add_argument("--checkpointing_steps", type=int, default=500, help="Save the training state every N steps.")
+    group.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep only the last N checkpoints.")
+    group.add_argument("--resume_from_checkpoint", default=None, help='A checkpoint folder, or "latest".')
+    group.add_argument("--validation_steps", type=int, default=None, help="Run validation every N steps.")
+    group.add_argument("--max_train_steps", type=int, default=None, help="Optimiser steps (overrides epochs).")
+    group.add_argument("--num_train_epochs", type=int, default=1)
+    group.add_argument("--learning_rate", type=float, default=1e-4)
+    group.add_argument("--lr_scheduler", default="cosine", help="A diffusers `get_scheduler` name.")
+    group.add_argument("--lr_warmup_steps", type=int, default=0)
+    group.add_argument("--train_batch_size", type=int, default=1, help="Batch size per device.")
+    group.add_argument("--dataloader_num_workers", type=int, default=0)
+    group.add_argument("--report_to", default="tensorboard", help='"tensorboard", "wandb", "all" or "none".')
+    group.add_argument("--logging_dir", default="logs", help="Relative to --output_dir.")
+    group.add_argument("--push_to_hub", action="store_true", help="Upload the final model to the Hub.")
+    group.add_argument("--hub_model_id", default=None, help="Repository id (default: the output folder's name).")
+    group.add_argument("--hub_token", default=None)
+    parser.set_defaults(**defaults)
+    return parser
+
+
+def check_common_args(args: argparse.Namespace) -> None:
+    """Rejects inconsistent shared flags with a message that says what to do."""
+    for name in ("gradient_accumulation_steps", "checkpointing_steps", "train_batch_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.max_train_steps is not None and args.max_train_steps < 1:
+        raise ValueError(f"--max_train_steps must be at least 1, got {args.max_train_steps}")
+    if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
+        raise ValueError("--checkpoints_total_limit must be at least 1 (or left out to keep every checkpoint)")
+    if args.push_to_hub and args.hub_token is not None and os.environ.get("HF_HUB_DISABLE_TOKEN_WARNING") is None:
+        logger.warning("--hub_token puts the token in the shell history; `hf auth login` stores it more safely.")
+
+
+def create_accelerator(args: argparse.Namespace) -> Accelerator:
+    """An `Accelerator` configured from the shared flags (precision, accumulation, logging); seeds everything."""
+    report_to = None if args.report_to in (None, "none") else args.report_to
+    if report_to in ("tensorboard", "all"):
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
+            raise ImportError("--report_to tensorboard needs `pip install tensorboard` (or pass --report_to none)")
+    project_config = ProjectConfiguration(
+        project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, args.logging_dir)
+    )
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=report_to,
+        project_config=project_config,
+    )
+    if accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
+    set_seed(args.seed)
+    return accelerator
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Deterministic data order
+# ----------------------------------------------------------------------------------------------------------------
+def sample_seed(seed: int, epoch: int, position: int) -> int:
+    """A 63-bit seed for sample `position` of `epoch`, independent of any global generator."""
+    return int(np.random.SeedSequence([seed, epoch, position]).generate_state(1, np.uint64)[0]) & ((1 << 63) - 1)
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """
+    Yields `(item_index, sample_seed)` pairs: a permutation of `num_items` (repeated `repeats` times) drawn from
+    `(seed, epoch)`, each with its own seed for the random choices of the dataset (frames, windows, augmentation).
+    Call `set_epoch` before iterating; the order depends on nothing else.
+    """
+
+    def __init__(self, num_items: int, seed: int, shuffle: bool = True, repeats: int = 1):
+        if num_items < 1:
+            raise ValueError("the dataset is empty; preprocess some videos first (training/preprocess.py)")
+        self.num_items, self.seed, self.shuffle, self.repeats = num_items, seed, shuffle, repeats
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_items * self.repeats
+
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = np.concatenate([rng.permutation(self.num_items) if self.shuffle else np.arange(self.num_items)
+                                for _ in range(self.repeats)])
+        for position, index in enumerate(order):
+            yield int(index), sample_seed(self.seed, self.epoch, position)
+
+
+def build_dataloader(dataset, sampler: EpochSampler, batch_size: int, collate_fn=None, num_workers: int = 0,
+                     drop_last: bool = True) -> torch.utils.data.DataLoader:
+    """A `DataLoader` over `(index, seed)` keys whose iterators never touch the global torch RNG."""
+    return torch.utils.data.DataLoader(
+        dataset,
+        sampler=sampler,
+        batch_size=batch_size,
+        collate_fn=collate_fn,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        generator=torch.Generator().manual_seed(sampler.seed),
+    )
+
+
+def keep_structured_outputs(accelerator: Accelerator, *models: torch.nn.Module) -> None:
+    """
+    Undoes, on prepared `models`, Accelerate's mixed-precision wrapping of `forward` (autocast plus a cast of the
+    outputs to float32 that rebuilds every output object). The rebuild fails for output dataclasses whose fields
+    have no defaults, such as `LFGOutput` and `PBNetOutput`; the training steps run the models under
+    `accelerator.autocast()` themselves, so nothing else changes. Distributed wrappers (DDP) stay in place.
+    """
+    for model in models:
+        accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+
+
+def total_train_steps(args: argparse.Namespace, dataloader) -> int:
+    """`--max_train_steps`, or `--num_train_epochs` × optimiser steps per epoch."""
+    updates_per_epoch = math.ceil(len(dataloader) / args.gradient_accumulation_steps)
+    return args.max_train_steps or args.num_train_epochs * updates_per_epoch
+
+
+def create_lr_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer, num_training_steps: int,
+                        num_processes: int = 1, min_learning_rate: float = 0.0):
+    """
+    The LR schedule of `--lr_scheduler`: `"cosine"` anneals from `--learning_rate` to `min_learning_rate` over the
+    run (the official `CosineAnnealingLR` with its `eta_min`, stepped per optimiser step instead of per epoch);
+    any other name goes to `diffusers.optimization.get_scheduler`. Accelerate steps a prepared scheduler once per
+    process, hence the factor `num_processes`.
+    """
+    total = num_training_steps * num_processes
+    if args.lr_scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total, 1), eta_min=min_learning_rate)
+    from diffusers.optimization import get_scheduler
+
+    return get_scheduler(args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps * num_processes,
+                         num_training_steps=total)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------------------------------
+def save_model_folder(name: str, model: torch.nn.Module, checkpoint_dir: str) -> None:
+    """Default checkpoint writer: `model.save_pretrained(checkpoint_dir/name)`."""
+    model.save_pretrained(os.path.join(checkpoint_dir, name))
+
+
+def load_model_folder(name: str, model: torch.nn.Module, checkpoint_dir: str) -> None:
+    """Default checkpoint reader: the weights of `checkpoint_dir/name` (written by `save_model_folder`) into `model`."""
+    loaded = type(model).from_pretrained(os.path.join(checkpoint_dir, name))
+    model.load_state_dict(loaded.state_dict())
+
+
+def register_checkpoint_hooks(
+    accelerator: Accelerator,
+    models: Dict[str, torch.nn.Module],
+    ema_models: Optional[Dict[str, "EMAModel"]] = None,
+    save_model: Callable[[str, torch.nn.Module, str], None] = save_model_folder,
+    load_model: Callable[[str, torch.nn.Module, str], None] = load_model_folder,
+) -> None:
+    """
+    Makes `accelerator.save_state` write each prepared model into `checkpoint-N/<name>` with `save_pretrained` (and
+    the EMA of a whole model into `checkpoint-N/<name>_ema`), and `load_state` read them back, as the diffusers
+    training examples do.
+
+    Args:
+        models: name → the model as passed to `accelerate.prepare` (unwrapped); every model handed to `prepare`
+            must be listed.
+        ema_models: name → [`create_ema`] of that model. (An EMA of only some parameters, e.g. LoRA matrices, has no
+            model to save; give it to `accelerator.register_for_checkpointing` instead.)
+        save_model, load_model: `(name, unwrapped model, checkpoint folder)` → writes / reads one model, for models
+            that are not saved whole (e.g. only a LoRA adapter); default [`save_model_folder`] /
+            [`load_model_folder`].
+    """
+    ema_models = ema_models or {}
+
+    def name_of(model) -> str:
+        unwrapped = accelerator.unwrap_model(model)
+        for name, candidate in models.items():
+            if candidate is unwrapped:
+                return name
+        raise ValueError(f"a {type(unwrapped).__name__} was prepared but not registered for checkpointing")
+
+    def save_model_hook(prepared_models, weights, output_dir):
+        if accelerator.is_main_process:
+            for name, ema in ema_models.items():
+                ema.save_pretrained(os.path.join(output_dir, f"{name}_ema"))
+            for model in prepared_models:
+                save_model(name_of(model), accelerator.unwrap_model(model), output_dir)
+        # The models are saved above; accelerate must not pickle them a second time.
+        while weights:
+            weights.pop()
+
+    def load_model_hook(prepared_models, input_dir):
+        for name, ema in ema_models.items():
+            # `EMAModel.save_pretrained` stores the averaged weights as a model and the EMA counters in its config.
+            folder = os.path.join(input_dir, f"{name}_ema")
+            config = type(models[name]).load_config(folder)
+            averaged = type(models[name]).from_pretrained(folder)
+            state = {key: config[key] for key in ema.state_dict() if key != "shadow_params" and key in config}
+            state["shadow_params"] = [parameter.detach().clone() for parameter in averaged.parameters()]
+            ema.load_state_dict(state)
+            ema.to(accelerator.device)
+            del averaged
+        while prepared_models:
+            model = prepared_models.pop()
+            load_model(name_of(model), accelerator.unwrap_model(model), input_dir)
+
+    accelerator.register_save_state_pre_hook(save_model_hook)
+    accelerator.register_load_state_pre_hook(load_model_hook)
+
+
+def list_checkpoints(output_dir: str) -> List[Path]:
+    """The `checkpoint-N` folders of `output_dir`, oldest first."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    found = [path for path in folder.iterdir() if path.is_dir() and re.fullmatch(r"checkpoint-\d+", path.name)]
+    return sorted(found, key=lambda path: int(path.name[len(CHECKPOINT_PREFIX):]))
+
+
+def resolve_checkpoint(output_dir: str, resume_from_checkpoint: Optional[str]) -> Optional[Path]:
+    """The checkpoint to resume from: `None`, the latest in `output_dir` for `"latest"` (None if there is none), or a path."""
+    if resume_from_checkpoint is None:
+        return None
+    if resume_from_checkpoint == "latest":
+        checkpoints = list_checkpoints(output_dir)
+        return checkpoints[-1] if checkpoints else None
+    path = Path(resume_from_checkpoint)
+    if not path.is_dir():
+        path = Path(output_dir) / resume_from_checkpoint
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"--resume_from_checkpoint {resume_from_checkpoint}: no such checkpoint folder; pass a "
+            f"{CHECKPOINT_PREFIX}N folder or 'latest'"
+        )
+    return path
+
+
+def checkpoint_step(path: Path) -> int:
+    match = re.fullmatch(r"checkpoint-(\d+)", Path(path).name)
+    if match is None:
+        raise ValueError(f"{path} is not a {CHECKPOINT_PREFIX}N folder")
+    return int(match.group(1))
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: str, step: int, total_limit: Optional[int] = None) -> Path:
+    """Saves the full training state to `output_dir/checkpoint-<step>`, first removing the oldest beyond the limit."""
+    if accelerator.is_main_process and total_limit is not None:
+        checkpoints = list_checkpoints(output_dir)
+        for old in checkpoints[: max(0, len(checkpoints) - total_limit + 1)]:
+            logger.info(f"Removing old checkpoint {old}")
+            shutil.rmtree(old)
+    path = Path(output_dir) / f"{CHECKPOINT_PREFIX}{step}"
+    accelerator.save_state(str(path))
+    logger.info(f"Saved state to {path}")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class StepInfo:
+    """Where the loop is when it calls the training step: optimiser steps done so far and the 0-based epoch."""
+
+    global_step: int
+    epoch: int
+
+
+@dataclass
+class TrainingResult:
+    """What [`run_training`] did: the last step and the logged values of each optimiser step of this run."""
+
+    global_step: int
+    first_step: int
+    history: List[Dict[str, float]] = field(default_factory=list)
+
+
+def run_training(
+    accelerator: Accelerator,
+    args: argparse.Namespace,
+    dataloader: torch.utils.data.DataLoader,
+    sampler,
+    training_step: Callable[[Dict, StepInfo], Dict[str, float]],
+    models: Sequence[torch.nn.Module],
+    ema_updates: Sequence[Tuple["EMAModel", Union[torch.nn.Module, List[torch.nn.Parameter]]]] = (),
+    validation: Optional[Callable[[int], None]] = None,
+    on_epoch_end: Optional[Callable[[int], None]] = None,
+) -> TrainingResult:
+    """
+    The training loop shared by the DAWN scripts.
+
+    Args:
+        dataloader: The prepared dataloader (built with [`build_dataloader`] over `sampler`).
+        sampler: Its [`EpochSampler`], or any (batch) sampler whose order is a function of `set_epoch(epoch)` alone.
+        training_step: Called with a micro-batch and a [`StepInfo`]; runs forward, `accelerator.backward`, and (when
+            `accelerator.sync_gradients`) clipping, optimiser and scheduler steps, `zero_grad`. It runs inside
+            `accelerator.accumulate(*models)` and returns the values to log (floats; `"loss"` is shown).
+        models: The prepared trainable models (for gradient accumulation).
+        ema_updates: (EMA, prepared model or list of parameters) pairs; each EMA is updated from its model (or those
+            parameters, e.g. only the LoRA matrices) after every optimiser step.
+        validation: Called with the step every `--validation_steps` steps and at the end (main process only).
+        on_epoch_end: Called with the finished epoch (e.g. epoch-stepped LR schedules).
+
+    Returns:
+        [`TrainingResult`] with the step reached and the logged values of each optimiser step run here.
+    """
+    updates_per_epoch = math.ceil(len(dataloader) / args.gradient_accumulation_steps)
+    max_train_steps = total_train_steps(args, dataloader)
+    global_step = 0
+    checkpoint = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    if args.resume_from_checkpoint is not None and checkpoint is None:
+        logger.info(f"No checkpoint in {args.output_dir} to resume from; starting a new run.")
+    if checkpoint is not None:
+        logger.info(f"Resuming from {checkpoint}")
+        accelerator.load_state(str(checkpoint))
+        global_step = checkpoint_step(checkpoint)
+    first_step = global_step
+
+    if accelerator.is_main_process and accelerator.log_with:
+        tracker_config = {key: value for key, value in vars(args).items() if isinstance(value, (int, float, str, bool))}
+        accelerator.init_trackers(Path(args.output_dir).name or "dawn", config=tracker_config)
+
+    progress = tqdm(range(max_train_steps), initial=global_step, desc="Steps",
+                    disable=not accelerator.is_local_main_process)
+    result = TrainingResult(global_step=global_step, first_step=first_step)
+    # Position in the data: whole epochs done, and micro-batches of the current epoch already consumed.
+    epoch = global_step // updates_per_epoch
+    batches_to_skip = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
+    while global_step < max_train_steps:
+        batches = dataloader
+        if batches_to_skip:
+            batches = accelerator.skip_first_batches(dataloader, batches_to_skip)
+            batches_to_skip = 0
+        sampler.set_epoch(epoch)
+        if hasattr(batches, "set_epoch"):
+            # Accelerate's loaders set their sampler's epoch from their own pass counter when iterated: align it.
+            batches.set_epoch(epoch)
+        step_values: Dict[str, List[float]] = {}
+        for batch in batches:
+            with accelerator.accumulate(*models):
+                values = training_step(batch, StepInfo(global_step=global_step, epoch=epoch))
+            for key, value in values.items():
+                step_values.setdefault(key, []).append(float(value))
+            if not accelerator.sync_gradients:
+                continue
+            for ema, target in ema_updates:
+                ema.step(target if isinstance(target, (list, tuple)) else accelerator.unwrap_model(target).parameters())
+            global_step += 1
+            logs = {key: float(np.mean(value)) for key, value in step_values.items()}
+            step_values = {}
+            result.history.append(logs)
+            progress.update(1)
+            progress.set_postfix(**{key: f"{value:.4g}" for key, value in logs.items() if key == "loss"})
+            accelerator.log(logs, step=global_step)
+            if global_step % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+            if validation is not None and args.validation_steps and global_step % args.validation_steps == 0:
+                if accelerator.is_main_process:
+                    validation(global_step)
+            if global_step >= max_train_steps:
+                break
+        else:  # the epoch ran to its end
+            if on_epoch_end is not None:
+                on_epoch_end(epoch)
+            epoch += 1
+    progress.close()
+    accelerator.wait_for_everyone()
+    if validation is not None and accelerator.is_main_process and args.validation_steps:
+        if not result.history or global_step % args.validation_steps:
+            validation(global_step)
+    result.global_step = global_step
+    return result
+
+
+def create_ema(model: torch.nn.Module, decay: float) -> "EMAModel":
+    """A diffusers `EMAModel` of `model` that can be saved / loaded with `save_pretrained` / `from_pretrained`."""
+    from diffusers.training_utils import EMAModel
+
+    return EMAModel(model.parameters(), decay=decay, model_cls=type(model), model_config=model.config)
+
+
+def save_final_model(accelerator: Accelerator, model: torch.nn.Module, output_dir: str, name: str,
+                     ema: Optional["EMAModel"] = None) -> Path:
+    """Saves the trained model to `output_dir/<name>` with `save_pretrained` (EMA weights if `ema` is given)."""
+    target = Path(output_dir) / name
+    unwrapped = accelerator.unwrap_model(model)
+    if ema is not None:
+        ema.store(unwrapped.parameters())
+        ema.copy_to(unwrapped.parameters())
+    if accelerator.is_main_process:
+        unwrapped.save_pretrained(target)
+    if ema is not None:
+        ema.restore(unwrapped.parameters())
+    return target
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Hub
+# ----------------------------------------------------------------------------------------------------------------
+def push_to_hub(
+    args: argparse.Namespace,
+    title: str,
+    description: str,
+    tags: Sequence[str] = (),
+    folder: Optional[str] = None,
+    allow_patterns: Optional[Sequence[str]] = None,
+) -> str:
+    """
+    Writes a model card into `folder` (default `--output_dir`) and uploads the folder to `--hub_model_id` (default:
+    the output folder's name), leaving out checkpoints and logs, or only `allow_patterns` (plus the card) when given.
+    Returns the repository id.
+    """
+    from huggingface_hub import ModelCard, ModelCardData, create_repo, upload_folder
+
+    folder = str(folder or args.output_dir)
+    repo_id = args.hub_model_id or Path(args.output_dir).name
+    repo_id = create_repo(repo_id, exist_ok=True, token=args.hub_token).repo_id
+    card_data = ModelCardData(library_name="diffusers", tags=["dawn", "talking-head", "diffusers-dawn", *tags])
+    card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n# {title}\n\n{description}\n")
+    card.save(os.path.join(folder, "README.md"))
+    upload_folder(
+        repo_id=repo_id,
+        folder_path=folder,
+        commit_message="End of training",
+        ignore_patterns=None if allow_patterns else [f"{CHECKPOINT_PREFIX}*", f"{args.logging_dir}/*", "*.partial"],
+        allow_patterns=[*allow_patterns, "README.md"] if allow_patterns else None,
+        token=args.hub_token,
+    )
+    logger.info(f"Pushed {folder} to {repo_id}")
+    return repo_id

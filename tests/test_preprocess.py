@@ -1,0 +1,138 @@
+"""Preprocessing of talking-head videos into the DAWN training dataset (`training/preprocess.py`)."""
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+
+from diffusers_dawn.processing.video import export_to_video_with_audio, probe_video
+from diffusers_dawn.testing.synthetic import SAMPLES_PER_FRAME, SAMPLING_RATE, generate_synthetic_clip
+from diffusers_dawn.training.dataset import DAWN_DATASET_FEATURES, check_dawn_dataset, load_dawn_dataset
+
+from _training_utils import (
+    TINY_DATASET_FRAMES,
+    TINY_DATASET_RESOLUTION,
+    TINY_HUBERT_DIM,
+    build_tiny_dataset,
+    load_training_script,
+    write_tiny_videos,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    build_tiny_dataset(root, num_videos=2)
+    return root
+
+
+def _preprocess_args(videos, output, resolution=32, workers=1):
+    return ["--input_dir", str(videos), "--output_dir", str(output), "--resolution", str(resolution),
+            "--tiny-hubert-seed", "0", "--landmarks", "sidecar", "--num_workers", str(workers)]
+
+
+def test_rows_follow_the_schema_at_25_fps(tiny_dataset_root):
+    dataset = load_dawn_dataset(tiny_dataset_root / "data")
+    assert set(dataset.column_names) == set(DAWN_DATASET_FEATURES)
+    assert sorted(dataset["video_id"]) == ["video_0000", "video_0001"]
+    for row in dataset:
+        info = probe_video(tiny_dataset_root / "videos" / f"{row['video_id']}.mp4")
+        expected_frames = math.floor(round(info["video_duration"] * 25, 6))
+        assert row["num_frames"] == expected_frames == TINY_DATASET_FRAMES
+        assert row["fps"] == 25 and row["resolution"] == TINY_DATASET_RESOLUTION
+        assert len(row["frames"]) == expected_frames
+        assert row["frames"][0].size == (TINY_DATASET_RESOLUTION, TINY_DATASET_RESOLUTION)
+        assert len(row["audio"]) == expected_frames * SAMPLES_PER_FRAME
+        shapes = {name: np.asarray(row[name]).shape for name in ("hubert", "pose", "eye_ratios", "face_box", "lip_box")}
+        assert shapes == {
+            "hubert": (expected_frames, TINY_HUBERT_DIM),
+            "pose": (expected_frames, 6),
+            "eye_ratios": (expected_frames, 2),
+            "face_box": (expected_frames, 6),
+            "lip_box": (expected_frames, 4),
+        }
+        assert np.isfinite(np.asarray(row["hubert"])).all()
+
+
+def test_pose_eyes_and_boxes_match_the_ground_truth(tiny_dataset_root):
+    dataset = load_dawn_dataset(tiny_dataset_root / "data")
+    for row in dataset:
+        truth = np.load(tiny_dataset_root / "videos" / f"{row['video_id']}.npz")
+        pose = np.asarray(row["pose"])
+        np.testing.assert_allclose(pose[:, :3], truth["rotation"], atol=1e-3)  # yaw, pitch, roll in degrees
+        assert (pose[:, 3] > 2e-4).all() and (pose[:, 3] < 1e-3).all()  # official scale ≈ 4.8e-4
+        assert (np.abs(pose[:, 4:] - 60) < 30).all()  # nose in the 120-px pose crop
+        np.testing.assert_allclose(np.asarray(row["eye_ratios"]), truth["eye_ratios"], rtol=1e-5)
+        face_box, lip_box = np.asarray(row["face_box"]), np.asarray(row["lip_box"])
+        # The crop is centred on the first frame's face box and twice its larger side.
+        centre = [(face_box[0, 0] + face_box[0, 1]) / 2, (face_box[0, 2] + face_box[0, 3]) / 2]
+        np.testing.assert_allclose(centre, [32, 32], atol=1e-3)
+        side = max(face_box[0, 1] - face_box[0, 0], face_box[0, 3] - face_box[0, 2])
+        assert side == pytest.approx(32, abs=1e-3)
+        assert (face_box[:, 4:] == TINY_DATASET_RESOLUTION).all()
+        # The lip boxes are the drawn lips' boxes mapped into the crop: the crop is centred on the first frame's
+        # landmark box and twice its larger side, resized to the output resolution.
+        first = truth["landmarks"][0, :, :2]
+        box_centre = (first.min(0) + first.max(0)) / 2
+        scale = TINY_DATASET_RESOLUTION / (2 * np.ptp(first, axis=0).max())
+        expected_lip_box = (truth["lip_box"] - np.repeat(box_centre, 2)) * scale + TINY_DATASET_RESOLUTION / 2
+        np.testing.assert_allclose(lip_box, expected_lip_box, atol=1e-3)
+        assert (lip_box[:, 0] > face_box[:, 0]).all() and (lip_box[:, 1] < face_box[:, 1]).all()
+        assert (lip_box[:, 2] > face_box[:, 2]).all() and (lip_box[:, 3] < face_box[:, 3]).all()
+
+
+def test_other_frame_rates_and_sizes_are_resampled_to_25_fps(tmp_path):
+    # 38 frames at 30 fps and 80 px: 1.267 s, hence floor(1.267 * 25) = 31 frames at 25 fps.
+    clip = generate_synthetic_clip(9, num_frames=38, resolution=80)
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    duration = 38 / 30
+    export_to_video_with_audio(clip.frames, videos / "talk.mp4", fps=30, audio=clip.audio[: int(duration * SAMPLING_RATE)],
+                               audio_sampling_rate=SAMPLING_RATE)
+    # Output frame k (time k / 25) is the 30-fps frame nearest in time: round(1.2 k).
+    kept = np.round(np.arange(31) * 30 / 25).astype(int)
+    np.savez(videos / "talk.npz", landmarks=clip.landmarks[kept])
+    preprocess = load_training_script("preprocess")
+    assert preprocess.main(_preprocess_args(videos, tmp_path / "out")) == 0
+    row = load_dawn_dataset(tmp_path / "out")[0]
+    assert row["num_frames"] == 31 == math.floor(duration * 25)
+    assert len(row["frames"]) == 31 and row["frames"][0].size == (32, 32)
+    np.testing.assert_allclose(np.asarray(row["pose"])[:, :3], clip.rotation[kept], atol=1e-3)
+
+
+def test_corrupt_videos_are_skipped_and_reported_and_reruns_resume(tmp_path, caplog):
+    videos = tmp_path / "videos"
+    write_tiny_videos(videos, num_videos=1, seed=3)
+    (videos / "broken.mp4").write_bytes(np.random.default_rng(0).bytes(5000))
+    shutil.copy(videos / "video_0000.npz", videos / "broken.npz")
+    preprocess = load_training_script("preprocess")
+    output = tmp_path / "out"
+    with caplog.at_level("WARNING"):
+        assert preprocess.main(_preprocess_args(videos, output, workers=2)) == 0
+    assert any("broken" in record.getMessage() and "corrupt" in record.getMessage() for record in caplog.records)
+    report = json.loads((output / "preprocess_report.json").read_text())
+    assert report["processed"] == ["video_0000"]
+    assert list(report["skipped"]) == ["broken"] and "corrupt" in report["skipped"]["broken"]
+    skipped = [json.loads(line) for line in (output / "skipped.jsonl").read_text().splitlines()]
+    assert [entry["video_id"] for entry in skipped] == ["broken"]
+    assert load_dawn_dataset(output)["video_id"] == ["video_0000"]
+    finished_shard = sorted((output / "shards" / "video_0000").rglob("*.arrow"))
+    written = [path.stat().st_mtime_ns for path in finished_shard]
+
+    # A second run processes only the new video: the finished shard is reused untouched, the skip is not retried.
+    write_tiny_videos(videos / "more", num_videos=1, seed=4)
+    assert preprocess.main(_preprocess_args(videos, output)) == 0
+    report = json.loads((output / "preprocess_report.json").read_text())
+    assert report["reused"] == ["video_0000"] and report["processed"] == ["more__video_0000"]
+    assert list(report["skipped"]) == ["broken"]
+    assert [path.stat().st_mtime_ns for path in finished_shard] == written
+    assert sorted(load_dawn_dataset(output)["video_id"]) == ["more__video_0000", "video_0000"]
+
+
+def test_missing_columns_are_named():
+    import datasets
+
+    with pytest.raises(ValueError, match=r"\['pose'\]"):
+        check_dawn_dataset(datasets.Dataset.from_dict({"hubert": [[0.0]]}), columns=("hubert", "pose"))
