@@ -170,3 +170,15 @@ def test_embedded_model_names_resolve_to_package_folders(monkeypatch):
     monkeypatch.setitem(cli.EMBEDDED_MODELS, "demo", "models/not-installed")
     with pytest.raises(ValueError, match="embedded model 'demo' is missing"):
         resolve_model("demo")
+
+
+def test_demo_runs_with_no_arguments_but_the_output(tmp_path, capsys):
+    """The README's first command: the tiny random pipeline on the bundled portrait and 3 s speech clip."""
+    output = tmp_path / "demo.mp4"
+    assert main(["generate", "--output", str(output), "--steps", "1", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert "random weights" in captured.err and "not lip sync" in captured.err
+    info = probe_video(output)
+    assert (info["video_codec"], info["audio_codec"]) == ("h264", "aac")
+    assert (info["width"], info["height"], info["num_frames"]) == (128, 128, 75)  # 3.00 s at 25 fps
+    assert info["audio_duration"] == pytest.approx(3.0, abs=0.03)

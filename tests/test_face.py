@@ -180,6 +180,27 @@ def test_auto_backend_falls_back_and_says_why(monkeypatch, caplog):
         face_detectors.select_backend("auto")
 
 
+def test_auto_backend_never_starts_a_face_alignment_download(monkeypatch, tmp_path):
+    import torch.hub
+
+    attempts = []
+
+    class Recording:
+        name = "face_alignment"
+
+        def __init__(self):
+            attempts.append(1)
+
+    monkeypatch.setitem(face_detectors.BACKENDS, "face_alignment", Recording)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    backend = face_detectors.select_backend("auto")  # empty cache: straight to mediapipe
+    assert backend.name == "mediapipe" and attempts == []
+    (tmp_path / "checkpoints").mkdir()
+    for name in ("s3fd-619a316812.pth", "3DFAN4-7835d9f11d.pth.tar", "depth-2a464da4ea.pth.tar"):
+        (tmp_path / "checkpoints" / name).write_bytes(b"")
+    assert isinstance(face_detectors.select_backend("auto"), Recording) and attempts == [1]
+
+
 @pytest.fixture(scope="module")
 def analyzer():
     return FaceAnalyzer(backend="mediapipe")

@@ -3,6 +3,7 @@ Landmark detectors for `FaceAnalyzer`. Each backend returns, per face, its 68 iB
 points it has (e.g. the full mesh), in image pixels.
 """
 
+import os
 from typing import List, Tuple
 
 import numpy as np
@@ -103,6 +104,19 @@ class FaceAlignmentFAN:
         return [(np.asarray(points, dtype=np.float64), np.asarray(points, dtype=np.float64)) for points in landmarks]
 
 
+# Weight files face-alignment's 3-D FAN fetches into the torch hub cache (detector, landmarks, depth).
+FACE_ALIGNMENT_WEIGHT_PREFIXES = ("s3fd-", "3DFAN4-", "depth-")
+
+
+def face_alignment_weights_cached() -> bool:
+    """Whether face-alignment's weights are already in the torch hub cache (so using it downloads nothing)."""
+    import torch.hub
+
+    folder = os.path.join(torch.hub.get_dir(), "checkpoints")
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    return all(any(name.startswith(prefix) for name in names) for prefix in FACE_ALIGNMENT_WEIGHT_PREFIXES)
+
+
 BACKENDS = {"face_alignment": FaceAlignmentFAN, "mediapipe": MediaPipeFaceMesh}
 AUTO_ORDER = ("face_alignment", "mediapipe")
 
@@ -124,6 +138,13 @@ def select_backend(spec="auto"):
         return BACKENDS[spec]()
     reasons = []
     for name in AUTO_ORDER:
+        if name == "face_alignment" and not face_alignment_weights_cached():
+            # "auto" never starts a download; face_backend="face_alignment" does, once.
+            reasons.append(
+                "face_alignment: its weights are not downloaded yet (use face_backend='face_alignment' once with "
+                "network access)"
+            )
+            continue
         try:
             backend = BACKENDS[name]()
         except FaceBackendUnavailable as error:
