@@ -56,3 +56,14 @@ def write_tiny_hubert(folder: Path) -> Path:
     model.save_pretrained(folder)
     feature_extractor.save_pretrained(folder)
     return folder
+
+
+def assert_one_error_line(code, stderr, *fragments) -> str:
+    """A `diffusers-dawn` bad-input exit: status 2, exactly one error line holding every fragment, no traceback."""
+    errors = [line for line in stderr.splitlines() if line.startswith("diffusers-dawn: error: ")]
+    assert code == 2
+    assert len(errors) == 1, stderr
+    assert "Traceback" not in stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]

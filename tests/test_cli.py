@@ -13,7 +13,7 @@ from diffusers_dawn.cli import main, resolve_model, scheduler_class
 from diffusers_dawn.processing.video import probe_video, read_video
 from diffusers_dawn.schedulers.scheduling_dawn_ddim import DAWNDDIMScheduler
 
-from _conversion_utils import write_official_checkpoints, write_tiny_hubert
+from _conversion_utils import assert_one_error_line, write_official_checkpoints, write_tiny_hubert
 
 SPEECH_SECONDS = 1.2
 SPEECH_RATE = 22050  # not 16 kHz and two channels: the command must bring it to 16 kHz mono itself
@@ -56,15 +56,6 @@ def generate_arguments(model, inputs, output, *extra):
         "--device", "cpu",
         *extra,
     ]  # fmt: skip
-
-
-def assert_one_error_line(code, stderr, *fragments):
-    errors = [line for line in stderr.splitlines() if line.startswith("diffusers-dawn: error: ")]
-    assert code == 2
-    assert len(errors) == 1, stderr
-    assert "Traceback" not in stderr
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
 
 
 def test_generate_writes_a_decodable_mp4_with_the_speech(model_folder, inputs, tmp_path, capsys):

@@ -14,7 +14,12 @@ from diffusers_dawn.pipelines.pipeline_dawn import DAWNPipeline
 from diffusers_dawn.schedulers.scheduling_dawn_ddim import DAWNDDIMScheduler
 from diffusers_dawn.testing.tiny_hubert import build_tiny_hubert
 
-from _conversion_utils import official_dawn_checkpoint, write_official_checkpoints, write_tiny_hubert
+from _conversion_utils import (
+    assert_one_error_line,
+    official_dawn_checkpoint,
+    write_official_checkpoints,
+    write_tiny_hubert,
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,16 +52,6 @@ def run_cli(capsys, arguments):
     code = main(arguments)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
-
-
-def assert_one_error_line(code, stderr, *fragments):
-    errors = [line for line in stderr.splitlines() if line.startswith("diffusers-dawn: error: ")]
-    assert code == 2
-    assert len(errors) == 1, stderr
-    assert "Traceback" not in stderr
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    return errors[0]
 
 
 def assert_state_dicts_equal(actual, expected, what):
