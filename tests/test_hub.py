@@ -109,3 +109,27 @@ def test_lora_adapter_round_trip_through_the_hub(hub, hub_endpoint, tmp_path):
     base = tiny_unet()
     DAWNLoraLoaderMixin.load_lora_into_unet(state_dict, base, adapter_name="speaker", metadata=metadata)
     torch.testing.assert_close(_unet_output(base), _unet_output(trained), atol=1e-6, rtol=0)
+
+
+def test_pipeline_push_to_hub_and_from_pretrained(hub, hub_endpoint):
+    """The whole pipeline (model_index.json with third-party components) goes to the Hub and comes back by repo id."""
+    from diffusers_dawn import DAWNPipeline
+    from diffusers_dawn.testing.tiny_pipeline import tiny_pipeline
+
+    repo_id = f"{USER_NAME}/tiny-dawn-pipeline"
+    pipe = tiny_pipeline(seed=3)
+    pipe.push_to_hub(repo_id, token=TOKEN)
+    files = hub.files(repo_id)
+    index = json.loads(files["model_index.json"])
+    assert index["_class_name"] == "DAWNPipeline"
+    assert index["unet"] == ["diffusers_dawn.models.unet_3d_flow", "UNet3DFlowModel"]
+    assert index["audio_encoder"] == ["transformers", "HubertModel"]
+    assert {"unet/diffusion_pytorch_model.safetensors", "lfg/diffusion_pytorch_model.safetensors"} <= set(files)
+
+    loaded = DAWNPipeline.from_pretrained(repo_id, cache_dir=hub_endpoint)
+    for name in ("lfg", "unet", "pbnet_pose", "pbnet_blink", "audio_encoder"):
+        original, pulled = getattr(pipe, name).state_dict(), getattr(loaded, name).state_dict()
+        assert original.keys() == pulled.keys()
+        assert all(torch.equal(original[key], pulled[key]) for key in original), name
+    assert loaded.scheduler.config.trained_betas == pipe.scheduler.config.trained_betas
+    assert loaded.config.resolution == pipe.config.resolution

@@ -112,6 +112,28 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
         self.register_to_config(resolution=resolution, face_backend=face_backend, crop=crop, crop_scale=crop_scale)
         self._face_analyzer = None
 
+    @classmethod
+    def download(cls, pretrained_model_name, **kwargs) -> str:
+        """
+        Downloads a DAWN pipeline repository from the Hub (what `from_pretrained(repo_id)` calls), see
+        [`~DiffusionPipeline.download`].
+
+        diffusers' download accepts component libraries it knows (diffusers, transformers, ...) or custom-code files
+        stored in the repository. DAWN's components come from this installed package, recorded in model_index.json
+        under their module paths, so those modules are made known to it for the duration of the call.
+        """
+        from diffusers.pipelines import pipeline_loading_utils
+
+        known = pipeline_loading_utils.LOADABLE_CLASSES
+        modules = {model.__module__ for model in (LFGAutoencoder, UNet3DFlowModel, PBNetModel, DAWNDDIMScheduler)}
+        added = [module for module in modules if module not in known]
+        known.update({module: {} for module in added})
+        try:
+            return super().download(pretrained_model_name, **kwargs)
+        finally:
+            for module in added:
+                known.pop(module, None)
+
     # ------------------------------------------------------------------------------------------------------------
     # Properties in the diffusers style
     # ------------------------------------------------------------------------------------------------------------
