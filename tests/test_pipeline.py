@@ -225,3 +225,9 @@ def test_official_end_to_end_fixture(fixtures_dir):
     expected = io["out.sample_out_vid"].permute(0, 2, 1, 3, 4)  # (B, C, F, H, W) → (B, F, C, H, W)
     torch.testing.assert_close(frames, expected, atol=5e-3, rtol=0)
     assert (frames - expected).abs().mean() < 1e-4
+
+
+def test_portrait_without_a_face_is_refused_with_what_to_do(pipe):
+    blank = np.full((160, 200, 3), 200, dtype=np.uint8)
+    with pytest.raises(ValueError, match="no face found.*face_landmarks=.*face_box="):
+        pipe(image=blank, audio_features=np.zeros((3, 32), np.float32), num_inference_steps=1)

@@ -326,7 +326,8 @@ class FaceAnalyzer:
             where = "inside the given face_box" if user_box is not None else "in the image"
             raise NoFaceError(
                 f"no face found {where} by the {self.backend.name} backend; pass a photo with a clearly visible, "
-                "roughly frontal face, or give the 68 iBUG `landmarks=` yourself (or `face_box=` around the face)"
+                "roughly frontal face, or give the 68 iBUG landmarks yourself (`face_landmarks=` in DAWNPipeline, "
+                "`landmarks=` here) or a `face_box=` around the face"
             )
         faces = [(landmarks68 + offset, points + offset) for landmarks68, points in faces]
         return sorted(faces, key=lambda face: _box_area(bounding_box(face[1])), reverse=True)
