@@ -1,0 +1,40 @@
+"""The lip-sync benchmark's measurements, checked on ground-truth frames whose mouth opening and blinks are known."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from diffusers_dawn.processing.face import FaceAnalyzer
+from diffusers_dawn.testing.synthetic import generate_synthetic_clip
+
+
+@pytest.fixture(scope="module")
+def benchmark():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "synthetic_lipsync.py"
+    spec = importlib.util.spec_from_file_location("synthetic_lipsync_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_measures_recover_the_rendered_mouth_and_blinks(benchmark):
+    analyzer = FaceAnalyzer(backend="mediapipe")
+    clip = generate_synthetic_clip(100001, num_frames=100, resolution=128)
+    rows = benchmark.measure(analyzer, clip.frames)
+    assert not np.isnan(rows).any()
+    assert np.corrcoef(rows[:, 0], clip.mouth_opening)[0, 1] > 0.9
+    per_minute = benchmark.blinks_per_minute(rows[:, 1], clip.fps)
+    assert per_minute * (len(clip.frames) / clip.fps / 60) == pytest.approx(len(clip.blink_onsets))
+    assert len(clip.blink_onsets) == 2  # the clip really blinks, so the count above is not vacuous
+
+
+def test_blink_counting_counts_onsets(benchmark):
+    def count(ratios):
+        ratios = np.asarray(ratios, dtype=float)
+        return round(benchmark.blinks_per_minute(ratios, 25.0) * len(ratios) / 25.0 / 60)
+
+    assert count([0.3, 0.3, 0.1, 0.1, 0.3, 0.3, 0.1, 0.3]) == 2
+    assert count([0.3] * 8) == 0
+    assert count([0.1, 0.3, 0.3, 0.3, np.nan, 0.3]) == 1  # a blink at the start counts; no face is not a blink
