@@ -12,7 +12,7 @@ from typing import Dict, List, Optional
 EMBEDDED_MODELS: Dict[str, str] = {}
 
 # `--model` default: a tiny pipeline with random weights, built on the fly (nothing to download). It runs every stage
-# of the real pipeline on the bundled demo portrait and speech, but its motion is random: no lip sync.
+# of the real pipeline on the bundled demo portrait and speech, but its frames are scrambled: no face, no lip sync.
 RANDOM_DEMO_MODEL = "tiny-random"
 DEMO_ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "demo")
 DEMO_IMAGE = os.path.join(DEMO_ASSETS, "portrait.jpg")
@@ -151,8 +151,9 @@ def generate_command(args: argparse.Namespace) -> int:
         from .testing.tiny_pipeline import tiny_pipeline
 
         print(
-            f"{RANDOM_DEMO_MODEL}: random weights, to see the pipeline run end to end; the motion is random, not lip "
-            f"sync. For real results convert the official checkpoints (`{PROGRAM} convert`) and pass --model DIR.",
+            f"{RANDOM_DEMO_MODEL}: random weights, to check that the pipeline runs end to end; the frames will be "
+            f"scrambled, not a face and not lip sync. For real results convert the official checkpoints "
+            f"(`{PROGRAM} convert`) and pass --model DIR.",
             file=sys.stderr,
         )
         pipe = tiny_pipeline(seed=0)
