@@ -31,20 +31,9 @@ import warnings
 import numpy as np
 import torch
 
+from diffusers_dawn.cli import RANDOM_DEMO_MODEL, load_pipeline, resolve_model
 from diffusers_dawn.processing.face import FaceAnalyzer, NoFaceError
 from diffusers_dawn.testing.synthetic import generate_synthetic_clip
-
-RANDOM_MODEL = "tiny-random"
-
-
-def load_pipeline(model: str):
-    if model == RANDOM_MODEL:
-        from diffusers_dawn.testing.tiny_pipeline import tiny_pipeline
-
-        return tiny_pipeline(seed=0)
-    from diffusers_dawn import DAWNPipeline
-
-    return DAWNPipeline.from_pretrained(model)
 
 
 def measure(analyzer: FaceAnalyzer, frames: np.ndarray):
@@ -73,7 +62,7 @@ def blinks_per_minute(eye_ratio: np.ndarray, fps: float) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help=f"pipeline folder, Hub id, or {RANDOM_MODEL}")
+    parser.add_argument("--model", required=True, help=f"pipeline folder, Hub id, or {RANDOM_DEMO_MODEL}")
     parser.add_argument("--clips", type=int, default=4)
     parser.add_argument("--frames", type=int, default=100)
     parser.add_argument("--steps", type=int, default=20)
@@ -87,7 +76,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    pipe = load_pipeline(args.model)
+    pipe = load_pipeline(resolve_model(args.model))
     pipe.set_progress_bar_config(disable=True)
     resolution = pipe.config.resolution
     analyzer = FaceAnalyzer(backend="mediapipe")

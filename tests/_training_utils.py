@@ -16,14 +16,20 @@ TINY_DATASET_FRAMES = 38  # ~1.5 s at 25 fps
 TINY_HUBERT_DIM = 32  # hidden size of diffusers_dawn.testing.tiny_hubert
 
 
-def load_training_script(name: str):
-    """Imports `training/<name>.py` as a module (the scripts are not part of the package)."""
-    path = REPO_ROOT / "training" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"dawn_training_{name}", path)
+def load_repository_script(relative_path: str):
+    """Imports a script of the repository (e.g. `training/train_lfg.py`), which is not part of the package."""
+    path = REPO_ROOT / relative_path
+    name = "dawn_script_" + path.with_suffix("").relative_to(REPO_ROOT).as_posix().replace("/", "_")
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def load_training_script(name: str):
+    """Imports `training/<name>.py` as a module."""
+    return load_repository_script(f"training/{name}.py")
 
 
 def write_tiny_videos(folder: Path, num_videos: int = 2, seed: int = 0) -> list:

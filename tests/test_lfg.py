@@ -184,6 +184,7 @@ def test_encode_latent_matches_compute_fea(model, io):
     assert isinstance(features, LFGSourceFeatures)
     assert [tuple(f.shape[1:]) for f in features.feature_maps] == [(8, 128, 128), (16, 64, 64), (32, 32, 32)]
     _assert_close(features.latent, io["out.compute_fea"], ATOL, "compute_fea")
+    assert model.latent_channels == features.latent.shape[1] == 32
 
 
 def test_warp_and_decode_matches_forward_with_flow(model, io):

@@ -1,8 +1,6 @@
 """The synthetic-demo training recipe runs every stage with the package's own scripts and yields a working pipeline."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -11,13 +9,11 @@ from diffusers_dawn import DAWNPipeline
 from diffusers_dawn.testing.synthetic import generate_synthetic_clip
 
 from _a2v_utils import single_thread  # noqa: F401
+from _training_utils import load_repository_script
 
 
 def test_smoke_recipe_trains_all_models_and_assembles_a_pipeline(tmp_path):
-    path = Path(__file__).resolve().parents[1] / "training" / "recipes" / "synthetic_demo.py"
-    spec = importlib.util.spec_from_file_location("synthetic_demo_recipe", path)
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
+    recipe = load_repository_script("training/recipes/synthetic_demo.py")
     assert recipe.main(["--output_dir", str(tmp_path), "--smoke"]) == 0
 
     for stage in ("lfg", "pose", "blink", "a2v-stage1", "a2v-stage2"):

@@ -1,22 +1,17 @@
 """The lip-sync benchmark's measurements, checked on ground-truth frames whose mouth opening and blinks are known."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from diffusers_dawn.processing.face import FaceAnalyzer
 from diffusers_dawn.testing.synthetic import generate_synthetic_clip
 
+from _training_utils import load_repository_script
+
 
 @pytest.fixture(scope="module")
 def benchmark():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "synthetic_lipsync.py"
-    spec = importlib.util.spec_from_file_location("synthetic_lipsync_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_repository_script("benchmarks/synthetic_lipsync.py")
 
 
 def test_measures_recover_the_rendered_mouth_and_blinks(benchmark):

@@ -7,6 +7,8 @@ import sys
 import time
 from typing import Dict, List, Optional
 
+ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
+
 # Package data folders (under `diffusers_dawn/assets/`) of demo pipelines that `generate --model NAME` can use by name
 # instead of a folder or hub id. Empty until a demo model ships with the package.
 EMBEDDED_MODELS: Dict[str, str] = {}
@@ -14,7 +16,7 @@ EMBEDDED_MODELS: Dict[str, str] = {}
 # `--model` default: a tiny pipeline with random weights, built on the fly (nothing to download). It runs every stage
 # of the real pipeline on the bundled demo portrait and speech, but its frames are scrambled: no face, no lip sync.
 RANDOM_DEMO_MODEL = "tiny-random"
-DEMO_ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "demo")
+DEMO_ASSETS = os.path.join(ASSETS, "demo")
 DEMO_IMAGE = os.path.join(DEMO_ASSETS, "portrait.jpg")
 DEMO_AUDIO = os.path.join(DEMO_ASSETS, "speech.wav")
 
@@ -65,7 +67,7 @@ def convert_command(args: argparse.Namespace) -> int:
 def resolve_model(model: str) -> str:
     """A registered demo model name → its package folder; anything else (folder, hub id) is returned unchanged."""
     if model in EMBEDDED_MODELS:
-        folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", EMBEDDED_MODELS[model])
+        folder = os.path.join(ASSETS, EMBEDDED_MODELS[model])
         if not os.path.isfile(os.path.join(folder, "model_index.json")):
             raise CommandError(f"the embedded model {model!r} is missing from this installation ({folder})")
         return folder
@@ -124,6 +126,31 @@ def _dtype_argument(torch_dtype) -> Dict:
     return {"dtype": torch_dtype} if hasattr(pipeline_utils, "_resolve_dtype") else {"torch_dtype": torch_dtype}
 
 
+def load_pipeline(model: str, torch_dtype=None):
+    """
+    A `DAWNPipeline` from a name resolved by [`resolve_model`] (folder, hub id, embedded model) or, for
+    `RANDOM_DEMO_MODEL`, the tiny random-weight pipeline built on the fly (with a notice on stderr saying what it is).
+    """
+    import torch
+
+    if model != RANDOM_DEMO_MODEL:
+        from .pipelines.pipeline_dawn import DAWNPipeline
+
+        return DAWNPipeline.from_pretrained(model, **({} if torch_dtype is None else _dtype_argument(torch_dtype)))
+    from .testing.tiny_pipeline import tiny_pipeline
+
+    print(
+        f"{RANDOM_DEMO_MODEL}: random weights, to check that the pipeline runs end to end; the frames will be "
+        f"scrambled, not a face and not lip sync. For real results convert the official checkpoints "
+        f"(`{PROGRAM} convert`) and pass --model DIR.",
+        file=sys.stderr,
+    )
+    pipe = tiny_pipeline(seed=0)
+    if torch_dtype is not None and torch_dtype != torch.float32:
+        pipe = pipe.to(dtype=torch_dtype)
+    return pipe
+
+
 def generate_command(args: argparse.Namespace) -> int:
     """`diffusers-dawn generate`: portrait + speech → MP4 with the speech muxed in."""
     if not args.output.lower().endswith(VIDEO_EXTENSIONS):
@@ -135,7 +162,6 @@ def generate_command(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .pipelines.pipeline_dawn import DAWNPipeline
     from .processing.audio import AUDIO_SAMPLING_RATE, load_audio
     from .processing.image import load_image
     from .processing.video import VideoReadError, export_to_video_with_audio
@@ -147,20 +173,7 @@ def generate_command(args: argparse.Namespace) -> int:
         raise VideoReadError(f"{args.pose_from}: no such video file (--pose-from)")
 
     print(f"Loading {model} ({str(torch_dtype).replace('torch.', '')} on {device})", file=sys.stderr)
-    if model == RANDOM_DEMO_MODEL:
-        from .testing.tiny_pipeline import tiny_pipeline
-
-        print(
-            f"{RANDOM_DEMO_MODEL}: random weights, to check that the pipeline runs end to end; the frames will be "
-            f"scrambled, not a face and not lip sync. For real results convert the official checkpoints "
-            f"(`{PROGRAM} convert`) and pass --model DIR.",
-            file=sys.stderr,
-        )
-        pipe = tiny_pipeline(seed=0)
-        if torch_dtype != torch.float32:
-            pipe = pipe.to(dtype=torch_dtype)
-    else:
-        pipe = DAWNPipeline.from_pretrained(model, **_dtype_argument(torch_dtype))
+    pipe = load_pipeline(model, torch_dtype)
     if args.scheduler is not None:
         pipe.scheduler = scheduler_class(args.scheduler).from_config(pipe.scheduler.config)
     pipe = pipe.to(device)

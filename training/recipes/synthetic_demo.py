@@ -40,7 +40,7 @@ def a2v_unet(lfg: LFGAutoencoder) -> UNet3DFlowModel:
     """The small A2V-FDM U-Net trained by this recipe (its source-latent width is the LFG bottleneck's)."""
     torch.manual_seed(0)
     return UNet3DFlowModel(
-        source_latent_channels=min(lfg.config.block_expansion * 2**lfg.config.num_down_blocks, lfg.config.max_features),
+        source_latent_channels=lfg.latent_channels,
         face_location_channels=8,
         face_location_hidden_channels=8,
         base_channels=16,

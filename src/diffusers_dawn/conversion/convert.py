@@ -132,12 +132,6 @@ def check_schedule_matches_scheduler(diffusion_state_dict: Mapping[str, torch.Te
         )
 
 
-def _lfg_latent_channels(lfg: LFGAutoencoder) -> int:
-    # The encoder's last down block is capped at max_features (see LFGAutoencoder's encoder).
-    config = lfg.config
-    return min(config.max_features, config.block_expansion * 2**config.num_down_blocks)
-
-
 def check_components_fit(
     lfg: LFGAutoencoder, unet: UNet3DFlowModel, pbnet_pose: PBNetModel, pbnet_blink: PBNetModel, audio_encoder=None
 ) -> None:
@@ -166,9 +160,9 @@ def check_components_fit(
             f"the components expect speech features of different sizes ({listed}); all must come from the same "
             f"audio encoder ({OFFICIAL_HUBERT}: 1024)"
         )
-    if _lfg_latent_channels(lfg) != unet.config.source_latent_channels:
+    if lfg.latent_channels != unet.config.source_latent_channels:
         raise CheckpointConversionError(
-            f"the LFG encodes {_lfg_latent_channels(lfg)}-channel source latents but the DAWN U-Net expects "
+            f"the LFG encodes {lfg.latent_channels}-channel source latents but the DAWN U-Net expects "
             f"{unet.config.source_latent_channels}; the LFG and DAWN checkpoints do not belong together"
         )
 

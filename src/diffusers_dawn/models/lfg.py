@@ -594,6 +594,11 @@ class LFGAutoencoder(ModelMixin, ConfigMixin):
             revert_axis_swap,
         )
 
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the source latent (the deepest encoder feature), the U-Net's `source_latent_channels`."""
+        return min(self.config.max_features, self.config.block_expansion * 2**self.config.num_down_blocks)
+
     # -- source -------------------------------------------------------------------------------------------------------
     def encode(self, image: torch.Tensor) -> LFGSourceFeatures:
         r"""
