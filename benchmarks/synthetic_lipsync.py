@@ -36,6 +36,26 @@ from diffusers_dawn.processing.face import FaceAnalyzer, NoFaceError
 from diffusers_dawn.testing.synthetic import generate_synthetic_clip
 
 
+HELD_OUT_FIRST_SEED = 100000
+"""First seed of the held-out clips, far from the seeds a training set written with `write_synthetic_dataset` uses."""
+
+
+def pooled_mouth_correlation(truth_rows, produced_rows):
+    """
+    Pearson r of the mouth series (column 0 of `measure`'s rows), each clip centred first (mouth movement, not each
+    clip's resting opening), all clips pooled over the frames measurable in both; 0 with fewer than 3 such frames
+    (no measurable face shows no lip sync). Returns (r, number of frames used).
+    """
+    truth, produced = [], []
+    for clip_truth, clip_produced in zip(truth_rows, produced_rows):
+        truth.append(clip_truth[:, 0] - np.nanmean(clip_truth[:, 0]))
+        produced.append(clip_produced[:, 0] - np.nanmean(clip_produced[:, 0]))
+    truth, produced = np.concatenate(truth), np.concatenate(produced)
+    both = ~np.isnan(truth) & ~np.isnan(produced)
+    correlation = float(np.corrcoef(truth[both], produced[both])[0, 1]) if both.sum() > 2 else 0.0
+    return correlation, int(both.sum())
+
+
 def measure(analyzer: FaceAnalyzer, frames: np.ndarray):
     """Per-frame (mouth opening, eye ratio, yaw/pitch/roll); NaN rows where no face is found."""
     rows = []
@@ -66,7 +86,9 @@ def main(argv=None) -> int:
     parser.add_argument("--clips", type=int, default=4)
     parser.add_argument("--frames", type=int, default=100)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--first-seed", type=int, default=100000)
+    parser.add_argument("--first-seed", type=int, default=HELD_OUT_FIRST_SEED)
+    parser.add_argument("--shuffle-audio", action="store_true",
+                        help="animate each clip with the next clip's speech (scored against its own truth: a control)")
     parser.add_argument("--seed", type=int, default=0, help="generator seed of the pipeline")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", action="store_true")
@@ -82,12 +104,14 @@ def main(argv=None) -> int:
     analyzer = FaceAnalyzer(backend="mediapipe")
     truth_rows, generated_rows, truth_blinks, generated_blinks = [], [], [], []
     started = time.perf_counter()
-    for index in range(args.clips):
-        clip = generate_synthetic_clip(args.first_seed + index, num_frames=args.frames, resolution=resolution)
+    clips = [generate_synthetic_clip(args.first_seed + index, num_frames=args.frames, resolution=resolution)
+             for index in range(args.clips)]
+    for index, clip in enumerate(clips):
+        speech = clips[(index + 1) % len(clips)].audio if args.shuffle_audio else clip.audio
         result = pipe(
             image=clip.frames[0],
             face_landmarks=clip.landmarks[0],
-            audio=clip.audio,
+            audio=speech,
             sampling_rate=clip.sampling_rate,
             crop="none",
             num_inference_steps=args.steps,
@@ -96,18 +120,14 @@ def main(argv=None) -> int:
         generated = (result.frames[0] * 255).astype(np.uint8)
         truth = measure(analyzer, clip.frames[: len(generated)])
         produced = measure(analyzer, generated)
-        for rows in (truth, produced):
-            rows[:, 0] -= np.nanmean(rows[:, 0])  # correlate mouth movement, not each clip's resting opening
         truth_rows.append(truth)
         generated_rows.append(produced)
         truth_blinks.append(blinks_per_minute(truth[:, 1], clip.fps))
         generated_blinks.append(blinks_per_minute(produced[:, 1], clip.fps))
         print(f"clip {index + 1}/{args.clips} done ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
 
+    correlation, measured = pooled_mouth_correlation(truth_rows, generated_rows)
     truth, produced = np.concatenate(truth_rows), np.concatenate(generated_rows)
-    both = ~np.isnan(truth[:, 0]) & ~np.isnan(produced[:, 0])
-    # Frames without a measurable face show no lip sync: with fewer than 3 measurable frames the score is 0.
-    correlation = float(np.corrcoef(truth[both, 0], produced[both, 0])[0, 1]) if both.sum() > 2 else 0.0
     generated_found = float(np.mean(~np.isnan(produced[:, 0])))
     truth_motion = np.nanstd(truth[:, 2:5], axis=0)
     generated_motion = np.nanstd(produced[:, 2:5], axis=0)
@@ -117,7 +137,8 @@ def main(argv=None) -> int:
         "frames_per_clip": args.frames,
         "steps": args.steps,
         "mouth_correlation": round(correlation, 4),
-        "frames_measured": int(both.sum()),
+        "shuffle_audio": args.shuffle_audio,
+        "frames_measured": measured,
         "generated_face_found_fraction": round(generated_found, 3),
         "frames_total": int(len(truth)),
         "blinks_per_minute_truth": round(float(np.nanmean(truth_blinks)), 2),

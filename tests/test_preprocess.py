@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from diffusers_dawn.processing.video import export_to_video_with_audio, probe_video
+from diffusers_dawn.processing.video import export_to_video_with_audio, probe_video, read_video
 from diffusers_dawn.testing.synthetic import SAMPLES_PER_FRAME, SAMPLING_RATE, generate_synthetic_clip
 from diffusers_dawn.training.dataset import DAWN_DATASET_FEATURES, check_dawn_dataset, load_dawn_dataset
 
@@ -136,3 +136,24 @@ def test_missing_columns_are_named():
 
     with pytest.raises(ValueError, match=r"\['pose'\]"):
         check_dawn_dataset(datasets.Dataset.from_dict({"hubert": [[0.0]]}), columns=("hubert", "pose"))
+
+
+def test_no_crop_keeps_whole_frames_and_scales_the_boxes(tmp_path):
+    videos = tmp_path / "videos"
+    write_tiny_videos(videos, num_videos=1)
+    preprocess = load_training_script("preprocess")
+    assert preprocess.main(_preprocess_args(videos, tmp_path / "out", resolution=32) + ["--no_crop"]) == 0
+    row = load_dawn_dataset(tmp_path / "out")[0]
+    truth = np.load(videos / f"{row['video_id']}.npz")
+    # The whole frame, halved: every box is the drawn one times 32 / 64, nothing is shifted.
+    factor = 32 / TINY_DATASET_RESOLUTION
+    np.testing.assert_allclose(np.asarray(row["lip_box"]), truth["lip_box"] * factor, atol=1e-3)
+    first = truth["landmarks"][0, :, :2]
+    np.testing.assert_allclose(np.asarray(row["face_box"])[0, :4],
+                               [first[:, 0].min() * factor, first[:, 0].max() * factor,
+                                first[:, 1].min() * factor, first[:, 1].max() * factor], atol=1e-3)
+    # The frames are the decoded video frames, downscaled (no crop, no padding): the mean colour is kept.
+    video_frames = read_video(videos / f"{row['video_id']}.mp4", fps=25)[0]
+    frame = np.asarray(row["frames"][0], dtype=np.float64)
+    assert frame.shape == (32, 32, 3)
+    np.testing.assert_allclose(frame.mean((0, 1)), video_frames[0].astype(np.float64).mean((0, 1)), atol=2.0)

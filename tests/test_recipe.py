@@ -16,10 +16,19 @@ def test_smoke_recipe_trains_all_models_and_assembles_a_pipeline(tmp_path):
     recipe = load_repository_script("training/recipes/synthetic_demo.py")
     assert recipe.main(["--output_dir", str(tmp_path), "--smoke"]) == 0
 
+    event_files = {}
     for stage in ("lfg", "pose", "blink", "a2v-stage1", "a2v-stage2"):
-        assert list((tmp_path / stage / "logs").rglob("events.out.tfevents.*")), stage
-    assert json.loads((tmp_path / "recipe.json").read_text())["stage2_steps"] == 2
+        event_files[stage] = sorted((tmp_path / stage / "logs").rglob("events.out.tfevents.*"))
+        assert event_files[stage], stage
+    recipe_used = json.loads((tmp_path / "pipeline" / "recipe.json").read_text())
+    assert recipe_used["a2v_stage2"]["steps"] == 2 and recipe_used["videos"] == 2
+    # Run again: every finished stage is skipped (no new training logs), the pipeline is assembled again.
+    assert recipe.main(["--output_dir", str(tmp_path), "--smoke"]) == 0
+    for stage, files in event_files.items():
+        assert sorted((tmp_path / stage / "logs").rglob("events.out.tfevents.*")) == files, stage
     pipe = DAWNPipeline.from_pretrained(tmp_path / "pipeline")
+    # The audio encoder is the recipe's: group-normalised front end, no transformer layers.
+    assert pipe.audio_encoder.config.feat_extract_norm == "group" and pipe.audio_encoder.config.num_hidden_layers == 0
     pipe.set_progress_bar_config(disable=True)
     trained_unet = pipe.unet.state_dict()
     stage2 = type(pipe.unet).from_pretrained(tmp_path / "a2v-stage2" / "unet").state_dict()

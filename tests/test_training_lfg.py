@@ -18,6 +18,7 @@ from diffusers_dawn.training.lfg_trainer import (
     color_jitter,
     equivariance_losses,
     lfg_loss,
+    lip_region_masks,
 )
 from diffusers_dawn.models.lfg import LFGRegionParams
 
@@ -226,3 +227,58 @@ def test_gradient_checkpointing_gives_the_same_training(tiny_dataset, tmp_path):
     # The second step's loss depends on the first step's gradients.
     for expected, actual in zip(plain.history, checkpointed.history):
         assert actual["loss"] == pytest.approx(expected["loss"], abs=1e-6)
+
+
+# -- the lip term -------------------------------------------------------------------------------------------------------
+def test_lip_masks_cover_the_enlarged_box():
+    masks = lip_region_masks(torch.tensor([[10.0, 20.0, 30.0, 34.0], [0.0, 4.0, 0.0, 4.0]]), size=40, margin=0.5)
+    assert masks.shape == (2, 1, 40, 40)
+    # Box 1: 10..20 × 30..34 pushed out by 0.5 × height (2 px): columns 8..22, rows 28..36 (inclusive, truncated).
+    rows, columns = torch.nonzero(masks[0, 0], as_tuple=True)
+    assert (rows.min().item(), rows.max().item(), columns.min().item(), columns.max().item()) == (28, 36, 8, 22)
+    # Box 2 reaches past the image corner: clipped, not wrapped.
+    rows, columns = torch.nonzero(masks[1, 0], as_tuple=True)
+    assert (rows.min().item(), columns.min().item()) == (0, 0)
+
+
+def test_lip_term_weighs_only_errors_inside_the_mask(random_vgg):
+    torch.manual_seed(0)
+    lfg = LFGAutoencoder(**TINY_LFG_CONFIG).eval()
+    frames = torch.rand(2, 3, 32, 32)
+    masks = lip_region_masks(torch.tensor([[8.0, 20.0, 18.0, 24.0]] * 2), size=32)
+    perceptual = PerceptualPyramidLoss(random_vgg, scales=(1.0,))
+    with torch.no_grad():
+        plain = lfg_loss(lfg, perceptual, frames, frames, equivariance_shift_weight=0, equivariance_affine_weight=0)
+        weighted = lfg_loss(lfg, perceptual, frames, frames, equivariance_shift_weight=0, equivariance_affine_weight=0,
+                            pixel_weight=2.0, lip_weight=3.0, lip_masks=masks)
+    error = (weighted.prediction - frames).abs()
+    assert weighted.pixel.item() == pytest.approx(2.0 * error.mean().item(), rel=1e-5)
+    inside = error.permute(1, 0, 2, 3)[:, masks[:, 0] > 0]
+    assert weighted.lip.item() == pytest.approx(3.0 * inside.mean().item(), rel=1e-5)
+    assert weighted.loss.item() == pytest.approx(plain.loss.item() + weighted.pixel.item() + weighted.lip.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="lip_masks"):
+        lfg_loss(lfg, perceptual, frames, frames, lip_weight=1.0)
+
+
+def test_lip_boxes_follow_the_flipped_frames(tiny_dataset):
+    from diffusers_dawn.training.dataset import load_dawn_dataset
+
+    dataset = load_dawn_dataset(tiny_dataset)
+    plain = LFGFramePairDataset(dataset, augment=False, with_lip_boxes=True)
+    augmented = LFGFramePairDataset(dataset, augment=True, with_lip_boxes=True)
+    lip_boxes = np.asarray(dataset[0]["lip_box"])
+    flips = 0
+    for seed in range(12):
+        sample = augmented[(0, seed)]
+        reference = plain[(0, seed)]
+        # The same two frames are drawn with and without augmentation; the box is the driving frame's, mirrored
+        # when the frames are, and the first frame's when time is reversed.
+        first, second = np.sort(np.random.default_rng(seed).integers(0, dataset[0]["num_frames"], size=2))
+        np.testing.assert_allclose(reference["driving_lip_box"].numpy(), lip_boxes[second], rtol=1e-6)
+        box = sample["driving_lip_box"].numpy()
+        candidates = [lip_boxes[index] for index in (first, second)]
+        mirrored = [np.array([32 - b[1], 32 - b[0], b[2], b[3]]) for b in candidates]
+        matches = [np.allclose(box, candidate, atol=1e-4) for candidate in candidates + mirrored]
+        assert any(matches), (seed, box, candidates)
+        flips += any(matches[2:]) and not any(matches[:2])
+    assert flips > 0  # some samples really were mirrored

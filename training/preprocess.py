@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--landmarks", choices=("detect", "sidecar"), default="detect",
                         help="Detect faces, or read per-frame landmarks from <video>.npz.")
     parser.add_argument("--crop_scale", type=float, default=2.0, help="Crop side / the face box's larger side.")
+    parser.add_argument("--no_crop", action="store_true",
+                        help="Keep whole frames (videos already framed as face crops, e.g. the synthetic ones).")
     parser.add_argument("--pose_smoothing", type=int, default=1, help="Moving-average width of the pose (odd).")
     parser.add_argument("--num_workers", type=int, default=1, help="Videos processed in parallel (processes).")
     parser.add_argument("--retry_skipped", action="store_true", help="Retry videos an earlier run skipped.")
@@ -60,7 +62,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         tiny_hubert_seed=args.tiny_hubert_seed,
         face_backend=args.face_backend,
         landmarks=args.landmarks,
-        crop_scale=args.crop_scale,
+        crop_scale=None if args.no_crop else args.crop_scale,
         pose_smoothing=args.pose_smoothing,
     )
     dataset, report = preprocess_videos(

@@ -46,6 +46,7 @@ from diffusers_dawn.training.dataset import decode_frame, keep_frames_encoded, l
 from diffusers_dawn.training.lfg_trainer import (
     EQUIVARIANCE_AFFINE_WEIGHT,
     EQUIVARIANCE_SHIFT_WEIGHT,
+    LIP_BOX_MARGIN,
     PERCEPTUAL_SCALES,
     SIGMA_AFFINE,
     SIGMA_TPS,
@@ -54,6 +55,7 @@ from diffusers_dawn.training.lfg_trainer import (
     Vgg19Features,
     collate_frame_pairs,
     lfg_loss,
+    lip_region_masks,
 )
 
 
@@ -77,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     objective.add_argument("--equivariance_affine_weight", type=float, default=EQUIVARIANCE_AFFINE_WEIGHT)
     objective.add_argument("--sigma_affine", type=float, default=SIGMA_AFFINE)
     objective.add_argument("--sigma_tps", type=float, default=SIGMA_TPS)
+    objective.add_argument("--pixel_loss_weight", type=float, default=0.0, help="Weight of a pixel L1 loss (0: off).")
+    objective.add_argument("--lip_loss_weight", type=float, default=0.0,
+                           help="Weight of an L1 loss inside the driving frame's lip box (0: off; needs `lip_box`).")
+    objective.add_argument("--lip_box_margin", type=float, default=LIP_BOX_MARGIN,
+                           help="Lip box enlarged on each side by this fraction of its height.")
     optimisation = parser.add_argument_group("optimisation (LFG)")
     optimisation.add_argument("--adam_beta1", type=float, default=0.5)
     optimisation.add_argument("--adam_beta2", type=float, default=0.999)
@@ -151,7 +158,9 @@ def main(argv: Optional[List[str]] = None):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     accelerator = create_accelerator(args)
 
-    dataset = load_dawn_dataset(args.dataset_name_or_path, columns=("frames", "num_frames"))
+    use_lips = args.lip_loss_weight > 0
+    dataset = load_dawn_dataset(args.dataset_name_or_path,
+                                columns=("frames", "num_frames") + (("lip_box",) if use_lips else ()))
     lfg = load_lfg(args)
     lfg.train()
     if args.gradient_checkpointing:
@@ -160,7 +169,7 @@ def main(argv: Optional[List[str]] = None):
     perceptual = PerceptualPyramidLoss(Vgg19Features.from_imagenet(args.vgg_weights), args.perceptual_scales)
     perceptual.to(accelerator.device)
 
-    pairs = LFGFramePairDataset(dataset, augment=not args.no_augment)
+    pairs = LFGFramePairDataset(dataset, augment=not args.no_augment, with_lip_boxes=use_lips)
     sampler = EpochSampler(len(pairs), seed=args.seed, repeats=args.num_repeats)
     batch_size = min(args.train_batch_size, len(sampler))
     if batch_size < args.train_batch_size:
@@ -185,6 +194,8 @@ def main(argv: Optional[List[str]] = None):
                 equivariance_shift_weight=args.equivariance_shift_weight,
                 equivariance_affine_weight=args.equivariance_affine_weight,
                 sigma_affine=args.sigma_affine, sigma_tps=args.sigma_tps,
+                pixel_weight=args.pixel_loss_weight, lip_weight=args.lip_loss_weight,
+                lip_masks=lip_region_masks(batch["driving_lip_box"], resolution, args.lip_box_margin) if use_lips else None,
             )
         accelerator.backward(losses.loss)
         if accelerator.sync_gradients and args.max_grad_norm:
@@ -197,6 +208,8 @@ def main(argv: Optional[List[str]] = None):
             "perceptual": losses.perceptual.detach().item(),
             "equivariance_shift": losses.equivariance_shift.detach().item(),
             "equivariance_affine": losses.equivariance_affine.detach().item(),
+            "pixel": losses.pixel.detach().item(),
+            "lip": losses.lip.detach().item(),
             "lr": lr_scheduler.get_last_lr()[0],
         }
 

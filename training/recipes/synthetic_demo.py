@@ -1,14 +1,20 @@
 #!/usr/bin/env python
 """
-Train a small DAWN (LFG, pose and blink PBNets, A2V-FDM stages 1 and 2) on procedural talking faces, end to end with
-the package's own training scripts, and assemble it into a pipeline folder.
+Train the small DAWN shipped as the `synthetic-demo` model (LFG, pose and blink PBNets, A2V-FDM stages 1 and 2) on
+procedural talking faces, end to end with the package's own training scripts, and assemble it into a pipeline folder.
 
     python training/recipes/synthetic_demo.py --output_dir runs/synthetic-demo
+    python benchmarks/lfg_reconstruction.py --model runs/synthetic-demo/pipeline --json
     python benchmarks/synthetic_lipsync.py --model runs/synthetic-demo/pipeline --json
 
-Defaults are the run recorded in the README (64 px, 16 videos of 4 s, a tiny random HuBERT with 32 features). The
-step counts are the knobs: they set the quality and the time. `--smoke` runs every stage for two steps on two short
+The settings are those of `synthetic_demo.json` beside this file (the shipped model's folder holds the copy it was
+trained with, `recipe.json`: pass it with `--recipe` to rebuild that model). Every stage resumes from its latest
+complete checkpoint and a finished stage is skipped, so a killed run continues where it stopped when the same
+command is run again; `--only STAGE ...` runs some stages. `--smoke` runs every stage for two steps on two short
 videos, to check the recipe itself.
+
+Stages: `data` (synthetic videos, the audio encoder, `training/preprocess.py`), `lfg`, `pose`, `blink`,
+`a2v-stage1`, `a2v-stage2`, `pipeline` (the assembled folder, with the face-crop scale of the training data).
 """
 
 import argparse
@@ -17,115 +23,178 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from diffusers_dawn import DAWNDDIMScheduler, DAWNPipeline, LFGAutoencoder, PBNetModel, UNet3DFlowModel
 from diffusers_dawn.testing.synthetic import write_synthetic_dataset
 from diffusers_dawn.testing.tiny_hubert import build_tiny_hubert
+from diffusers_dawn.training.dataset import load_dawn_dataset
+
 
 HERE = Path(__file__).resolve().parent
-TRAINING = HERE.parent
-HUBERT_SEED, HUBERT_FEATURES = 0, 32
+STAGES = ("data", "lfg", "pose", "blink", "a2v-stage1", "a2v-stage2", "pipeline")
+# Condition entries beside the speech features: Δpose (6) and Δblink (2).
+POSE_BLINK_DIM = 8
 
 
 def training_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"dawn_recipe_{name}", TRAINING / f"{name}.py")
+    """One of the training scripts beside this folder, as a module (each stage calls its `main`)."""
+    spec = importlib.util.spec_from_file_location(f"dawn_recipe_{name}", HERE.parent / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
 
-def a2v_unet(lfg: LFGAutoencoder) -> UNet3DFlowModel:
-    """The small A2V-FDM U-Net trained by this recipe (its source-latent width is the LFG bottleneck's)."""
-    torch.manual_seed(0)
+def a2v_unet(lfg: LFGAutoencoder, audio_dim: int, settings: dict) -> UNet3DFlowModel:
+    """The small A2V-FDM U-Net of the recipe (its source-latent width is the LFG bottleneck's)."""
+    torch.manual_seed(settings["seed"])
     return UNet3DFlowModel(
-        source_latent_channels=lfg.latent_channels,
-        face_location_channels=8,
-        face_location_hidden_channels=8,
-        base_channels=16,
-        channel_multipliers=(1, 2, 4),
-        cond_dim=HUBERT_FEATURES + 8,
-        attention_heads=2,
-        attention_head_dim=16,
-        spatial_attention_head_dim=16,
-        cross_attention_heads=2,
-        cross_attention_head_dim=16,
-        resnet_groups=8,
-        init_kernel_size=5,
+        source_latent_channels=lfg.latent_channels, cond_dim=audio_dim + POSE_BLINK_DIM, **settings["unet"]
     )
+
+
+def stage_done(folder: Path, model_folder: str) -> bool:
+    return (folder / model_folder / "config.json").is_file()
+
+
+def common_arguments(settings: dict, stage_settings: dict):
+    """Seed, resumable checkpoints and the step budget (with the LR schedule's length when it is longer)."""
+    arguments = ["--seed", str(settings["seed"]), "--checkpointing_steps", str(settings["checkpointing_steps"]),
+                 "--checkpoints_total_limit", "2", "--resume_from_checkpoint", "latest",
+                 "--max_train_steps", str(stage_settings["steps"])]
+    if stage_settings.get("lr_schedule_steps"):
+        arguments += ["--lr_schedule_steps", str(stage_settings["lr_schedule_steps"])]
+    return arguments
+
+
+def run_data(out: Path, settings: dict) -> None:
+    encoder, extractor = build_tiny_hubert(**settings["audio_encoder"])
+    encoder.save_pretrained(out / "audio_encoder")
+    extractor.save_pretrained(out / "audio_encoder")
+    write_synthetic_dataset(out / "videos", num_videos=settings["videos"], num_frames=settings["frames"],
+                            resolution=settings["resolution"], seed=0)
+    training_script("preprocess").main([
+        "--input_dir", str(out / "videos"), "--output_dir", str(out / "data"),
+        "--resolution", str(settings["resolution"]), "--hubert", str(out / "audio_encoder"),
+        "--landmarks", "sidecar", "--no_crop",
+    ])  # fmt: skip
+
+
+def run_lfg(out: Path, dataset: str, settings: dict) -> None:
+    (out / "lfg.json").write_text(json.dumps(settings["lfg_config"]))
+    lfg = settings["lfg"]
+    training_script("train_lfg").main([
+        "--dataset_name_or_path", dataset, "--output_dir", str(out / "lfg"), "--lfg_config", str(out / "lfg.json"),
+        "--train_batch_size", str(lfg["batch_size"]),
+        "--learning_rate", str(lfg["learning_rate"]), "--pixel_loss_weight", str(lfg["pixel_loss_weight"]),
+        "--lip_loss_weight", str(lfg["lip_loss_weight"]),
+        "--perceptual_scales", *[str(scale) for scale in lfg["perceptual_scales"]], *common_arguments(settings, lfg),
+    ])  # fmt: skip
+
+
+def run_pbnet(out: Path, dataset: str, state: str, settings: dict, audio_dim: int) -> None:
+    config = dict(settings["pbnet_config"][state], audio_dim=audio_dim)
+    (out / f"pbnet_{state}.json").write_text(json.dumps(config))
+    pbnet = settings["pbnet"]
+    training_script("train_pbnet").main([
+        "--state", state, "--dataset_name_or_path", dataset, "--output_dir", str(out / state),
+        "--pbnet_config", str(out / f"pbnet_{state}.json"), "--train_batch_size", str(pbnet["batch_size"]),
+        "--window_frames", str(settings["frames"]), *pbnet["arguments"], *common_arguments(settings, pbnet),
+    ])  # fmt: skip
+
+
+def run_a2v(out: Path, dataset: str, stage: int, settings: dict, audio_dim: int) -> None:
+    # A base folder with the frozen LFG, the scheduler and the U-Net architecture, then the stage's training.
+    base = out / "a2v-base"
+    if not stage_done(base, "unet"):
+        lfg = LFGAutoencoder.from_pretrained(out / "lfg" / "lfg")
+        lfg.save_pretrained(base / "lfg")
+        DAWNDDIMScheduler().save_pretrained(base / "scheduler")
+        a2v_unet(lfg, audio_dim, settings).save_pretrained(base / "unet")
+    a2v = settings[f"a2v_stage{stage}"]
+    arguments = [
+        "--stage", str(stage), "--pretrained_model_name_or_path", str(base), "--dataset_name_or_path", dataset,
+        "--output_dir", str(out / f"a2v-stage{stage}"),
+        "--train_batch_size", str(a2v["batch_size"]), "--clips_per_video", str(a2v["clips_per_video"]),
+        "--learning_rate", str(a2v["learning_rate"]), "--lip_loss_weight", str(a2v["lip_loss_weight"]),
+        *common_arguments(settings, a2v),
+    ]  # fmt: skip
+    if stage == 2:
+        arguments += ["--init_from", str(out / "a2v-stage1")]
+    training_script("train_a2v").main(arguments)
+
+
+def face_crop_scale(dataset) -> float:
+    """Crop side / face-box side of the training frames (median over videos): the pipeline crops portraits alike."""
+    ratios = [row["resolution"] / max(box[1] - box[0], box[3] - box[2])
+              for row in dataset.select_columns(["resolution", "face_box"]) for box in row["face_box"][:1]]
+    return float(np.median(ratios))
+
+
+def assemble(out: Path, dataset, settings: dict) -> Path:
+    from transformers import HubertModel, Wav2Vec2FeatureExtractor
+
+    final_stage = out / ("a2v-stage2" if settings["a2v_stage2"]["steps"] > 0 else "a2v-stage1")
+    pipeline = DAWNPipeline(
+        lfg=LFGAutoencoder.from_pretrained(out / "lfg" / "lfg"),
+        unet=UNet3DFlowModel.from_pretrained(final_stage / "unet"),
+        scheduler=DAWNDDIMScheduler(),
+        pbnet_pose=PBNetModel.from_pretrained(out / "pose" / "pbnet_pose"),
+        pbnet_blink=PBNetModel.from_pretrained(out / "blink" / "pbnet_blink"),
+        audio_encoder=HubertModel.from_pretrained(out / "audio_encoder").eval(),
+        feature_extractor=Wav2Vec2FeatureExtractor.from_pretrained(out / "audio_encoder"),
+        resolution=settings["resolution"],
+        crop_scale=round(face_crop_scale(dataset), 3),
+    )
+    pipeline.save_pretrained(out / "pipeline")
+    (out / "pipeline" / "recipe.json").write_text(json.dumps(settings, indent=2))
+    return out / "pipeline"
+
+
+def smoke_settings(settings: dict) -> dict:
+    settings = json.loads(json.dumps(settings))
+    settings.update(videos=2, frames=40, checkpointing_steps=100000)
+    for name in ("lfg", "pbnet", "a2v_stage1", "a2v_stage2"):
+        settings[name]["steps"] = 2
+    return settings
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--videos", type=int, default=16)
-    parser.add_argument("--frames", type=int, default=100)
-    parser.add_argument("--resolution", type=int, default=64)
-    parser.add_argument("--lfg_steps", type=int, default=280)
-    parser.add_argument("--pbnet_steps", type=int, default=600)
-    parser.add_argument("--stage1_steps", type=int, default=300)
-    parser.add_argument("--stage2_steps", type=int, default=0, help="0 skips stage 2")
-    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--recipe", default=str(HERE / "synthetic_demo.json"), help="settings (JSON)")
+    parser.add_argument("--only", nargs="+", choices=STAGES, help="run only these stages")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (1 is fastest on 2 busy cores)")
     parser.add_argument("--smoke", action="store_true", help="two steps per stage on two short videos")
     args = parser.parse_args(argv)
+    settings = json.loads(Path(args.recipe).read_text())
     if args.smoke:
-        args.videos, args.frames = 2, 40
-        args.lfg_steps = args.pbnet_steps = args.stage1_steps = args.stage2_steps = 2
+        settings = smoke_settings(settings)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    stages = args.only or STAGES
 
     out = Path(args.output_dir)
-    common = ["--seed", str(args.seed), "--checkpointing_steps", "100000"]
-    write_synthetic_dataset(out / "videos", num_videos=args.videos, num_frames=args.frames,
-                            resolution=args.resolution, seed=0)
-    training_script("preprocess").main([
-        "--input_dir", str(out / "videos"), "--output_dir", str(out / "data"), "--resolution", str(args.resolution),
-        "--tiny-hubert-seed", str(HUBERT_SEED), "--landmarks", "sidecar",
-    ])  # fmt: skip
-    dataset = str(out / "data" / "dataset")
-
-    (out / "lfg.json").write_text((HERE / "synthetic_lfg64.json").read_text())
-    training_script("train_lfg").main([
-        "--dataset_name_or_path", dataset, "--output_dir", str(out / "lfg"), "--lfg_config", str(out / "lfg.json"),
-        "--train_batch_size", "8", "--num_repeats", "100", "--max_train_steps", str(args.lfg_steps), *common,
-    ])  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    dataset_path = out / "data" / "dataset"
+    if "data" in stages and not dataset_path.is_dir():
+        run_data(out, settings)
+    dataset = load_dawn_dataset(str(dataset_path), columns=("hubert",))
+    audio_dim = dataset.features["hubert"].shape[-1]
+    if "lfg" in stages and not stage_done(out / "lfg", "lfg"):
+        run_lfg(out, str(dataset_path), settings)
     for state in ("pose", "blink"):
-        training_script("train_pbnet").main([
-            "--state", state, "--dataset_name_or_path", dataset, "--output_dir", str(out / state),
-            "--pbnet_config", str(HERE / f"synthetic_pbnet_{state}.json"), "--train_batch_size", "8",
-            "--window_frames", str(args.frames), "--max_train_steps", str(args.pbnet_steps), *common,
-        ])  # fmt: skip
-
-    # A2V-FDM: a base folder with the frozen LFG, the scheduler and the U-Net architecture, then the two stages.
-    lfg = LFGAutoencoder.from_pretrained(out / "lfg" / "lfg")
-    base = out / "a2v-base"
-    lfg.save_pretrained(base / "lfg")
-    a2v_unet(lfg).save_pretrained(base / "unet")
-    DAWNDDIMScheduler().save_pretrained(base / "scheduler")
-    a2v_common = ["--pretrained_model_name_or_path", str(base), "--dataset_name_or_path", dataset,
-                  "--train_batch_size", "4", "--clips_per_video", "4", "--learning_rate", "3e-4", *common]
-    train_a2v = training_script("train_a2v")
-    train_a2v.main(["--stage", "1", "--output_dir", str(out / "a2v-stage1"),
-                    "--max_train_steps", str(args.stage1_steps), *a2v_common])
-    final_stage = out / "a2v-stage1"
-    if args.stage2_steps > 0:
-        train_a2v.main(["--stage", "2", "--init_from", str(final_stage), "--output_dir", str(out / "a2v-stage2"),
-                        "--max_train_steps", str(args.stage2_steps), *a2v_common])
-        final_stage = out / "a2v-stage2"
-
-    hubert, feature_extractor = build_tiny_hubert(seed=HUBERT_SEED, hidden_size=HUBERT_FEATURES)
-    pipeline = DAWNPipeline(
-        lfg=lfg,
-        unet=UNet3DFlowModel.from_pretrained(final_stage / "unet"),
-        scheduler=DAWNDDIMScheduler(),
-        pbnet_pose=PBNetModel.from_pretrained(out / "pose" / "pbnet_pose"),
-        pbnet_blink=PBNetModel.from_pretrained(out / "blink" / "pbnet_blink"),
-        audio_encoder=hubert,
-        feature_extractor=feature_extractor,
-        resolution=args.resolution,
-    )
-    pipeline.save_pretrained(out / "pipeline")
-    (out / "recipe.json").write_text(json.dumps(vars(args), indent=2))
-    print(f"Pipeline written to {out / 'pipeline'}")
+        if state in stages and not stage_done(out / state, f"pbnet_{state}"):
+            run_pbnet(out, str(dataset_path), state, settings, audio_dim)
+    for stage in (1, 2):
+        wanted = f"a2v-stage{stage}" in stages and settings[f"a2v_stage{stage}"]["steps"] > 0
+        if wanted and not stage_done(out / f"a2v-stage{stage}", "unet"):
+            run_a2v(out, str(dataset_path), stage, settings, audio_dim)
+    if "pipeline" in stages:
+        folder = assemble(out, load_dawn_dataset(str(dataset_path), columns=("resolution", "face_box")), settings)
+        print(f"Pipeline written to {folder}")
     return 0
 
 

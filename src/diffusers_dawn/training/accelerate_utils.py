@@ -64,6 +64,8 @@ def add_common_training_args(parser: argparse.ArgumentParser, **defaults) -> arg
     group.add_argument("--learning_rate", type=float, default=1e-4)
     group.add_argument("--lr_scheduler", default="cosine", help="A diffusers `get_scheduler` name.")
     group.add_argument("--lr_warmup_steps", type=int, default=0)
+    group.add_argument("--lr_schedule_steps", type=int, default=None,
+                       help="Length of the LR schedule (default: the run's); longer stops the run part-way along it.")
     group.add_argument("--train_batch_size", type=int, default=1, help="Batch size per device.")
     group.add_argument("--dataloader_num_workers", type=int, default=0)
     group.add_argument("--report_to", default="tensorboard", help='"tensorboard", "wandb", "all" or "none".')
@@ -183,9 +185,10 @@ def create_lr_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimiz
     The LR schedule of `--lr_scheduler`: `"cosine"` anneals from `--learning_rate` to `min_learning_rate` over the
     run (the official `CosineAnnealingLR` with its `eta_min`, stepped per optimiser step instead of per epoch);
     any other name goes to `diffusers.optimization.get_scheduler`. Accelerate steps a prepared scheduler once per
-    process, hence the factor `num_processes`.
+    process, hence the factor `num_processes`. `--lr_schedule_steps` sets the schedule's length apart from the run's,
+    so that a run stopped early (a model picked at an intermediate checkpoint) is reproduced by a run of that length.
     """
-    total = num_training_steps * num_processes
+    total = (getattr(args, "lr_schedule_steps", None) or num_training_steps) * num_processes
     if args.lr_scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total, 1), eta_min=min_learning_rate)
     from diffusers.optimization import get_scheduler

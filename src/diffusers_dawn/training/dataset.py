@@ -177,7 +177,7 @@ def preprocess_video(
     face_analyzer: Optional[FaceAnalyzer],
     audio_encoder,
     feature_extractor,
-    crop_scale: float = 2.0,
+    crop_scale: Optional[float] = 2.0,
     landmarks: Optional[np.ndarray] = None,
     pose_smoothing: int = 1,
     video_id: Optional[str] = None,
@@ -195,7 +195,8 @@ def preprocess_video(
         resolution: Side of the square output frames.
         face_analyzer: Measures the face when `landmarks` is not given.
         audio_encoder, feature_extractor: A transformers `HubertModel` and its feature extractor.
-        crop_scale: Crop side / the face box's larger side (`crop_to_face`'s `scale`).
+        crop_scale: Crop side / the face box's larger side (`crop_to_face`'s `scale`); `None` keeps the whole frame
+            (the centred square of its longer side), for videos already framed as the model's input.
         landmarks: (F, 68, 2|3) landmarks in the original frames at 25 fps, instead of running face detection.
         pose_smoothing: Moving-average width of the detected pose (see `FaceAnalyzer.analyze_video`).
         video_id: Name of the row (default: the file name without extension).
@@ -231,7 +232,12 @@ def preprocess_video(
     except ValueError as error:  # NoFaceError and malformed landmarks
         raise VideoSkipped(f"face analysis failed: {error}") from None
 
-    reference_box = track.face_box[0]
+    if crop_scale is None:
+        # The square on the whole frame: `crop_to_face` with the frame as the box and scale 1.
+        height, width = frames.shape[1:3]
+        reference_box, crop_scale = np.array([0.0, width, 0.0, height]), 1.0
+    else:
+        reference_box = track.face_box[0]
     cropped_frames = []
     transform = None
     for frame in frames:
@@ -279,7 +285,7 @@ class PreprocessingSettings:
     tiny_hubert_seed: Optional[int] = None
     face_backend: str = "auto"
     landmarks: str = "detect"
-    crop_scale: float = 2.0
+    crop_scale: Optional[float] = 2.0
     pose_smoothing: int = 1
 
     def __post_init__(self):

@@ -9,6 +9,11 @@ Training objective and data of the LFG (latent flow generator), after the offici
   undeformed frame;
 - data: two frames of one video (uniform with replacement, in time order), random horizontal flip, time flip and
   colour jitter (brightness / contrast / saturation / hue 0.1), applied alike to both frames.
+
+Two optional terms are this package's (off by default, as officially): a pixel L1 loss, and an L1 loss restricted to
+the driving frame's lip box (enlarged by a margin). The perceptual pyramid averages over the whole frame, where the
+parted lips are a few pixels; without ImageNet VGG weights (none can be downloaded on some machines) it is also a much
+weaker loss. The lip term makes the motion model carry the mouth, which the A2V-FDM then learns to drive from speech.
 """
 
 import logging
@@ -23,6 +28,7 @@ from torch import nn
 
 from ..models.lfg import LFGAutoencoder, LFGRegionParams
 from ..models.lfg_blocks import AntiAliasDownsample2d, make_coordinate_grid
+from ..processing.face import lip_mask
 from ..processing.image import image_to_tensor
 from .dataset import decode_frame, keep_frames_encoded
 
@@ -36,6 +42,7 @@ EQUIVARIANCE_AFFINE_WEIGHT = 10.0
 SIGMA_AFFINE = 0.05
 SIGMA_TPS = 0.005
 TPS_CONTROL_POINTS = 5
+LIP_BOX_MARGIN = 0.25
 COLOR_JITTER = 0.1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -257,14 +264,29 @@ class LFGLossOutput(BaseOutput):
         loss (`torch.Tensor`): The weighted total.
         perceptual (`torch.Tensor`), equivariance_shift (`torch.Tensor`), equivariance_affine (`torch.Tensor`):
             The weighted terms.
+        pixel (`torch.Tensor`), lip (`torch.Tensor`): The weighted pixel and lip-region L1 terms (zero when off).
         prediction (`torch.Tensor` of shape `(batch, 3, S, S)`): The reconstruction of the driving frame.
     """
 
-    loss: torch.Tensor
-    perceptual: torch.Tensor
-    equivariance_shift: torch.Tensor
-    equivariance_affine: torch.Tensor
-    prediction: torch.Tensor
+    loss: torch.Tensor = None
+    perceptual: torch.Tensor = None
+    equivariance_shift: torch.Tensor = None
+    equivariance_affine: torch.Tensor = None
+    pixel: torch.Tensor = None
+    lip: torch.Tensor = None
+    prediction: torch.Tensor = None
+
+
+def lip_region_masks(lip_boxes: torch.Tensor, size: int, margin: float = LIP_BOX_MARGIN) -> torch.Tensor:
+    """
+    (batch, 1, size, size) masks of lip boxes [x_min, x_max, y_min, y_max] (pixels of a `size` image), each side
+    pushed out by `margin` × the box's height, so that the parted lips and the skin they move are inside.
+    """
+    masks = []
+    for x_min, x_max, y_min, y_max in lip_boxes.detach().cpu().double().tolist():
+        pad = margin * (y_max - y_min)
+        masks.append(lip_mask([x_min - pad, x_max + pad, y_min - pad, y_max + pad], (size, size), size))
+    return torch.stack(masks).unsqueeze(1).to(lip_boxes.device)
 
 
 def lfg_loss(
@@ -277,11 +299,25 @@ def lfg_loss(
     sigma_affine: float = SIGMA_AFFINE,
     sigma_tps: float = SIGMA_TPS,
     generator: Optional[torch.Generator] = None,
+    pixel_weight: float = 0.0,
+    lip_weight: float = 0.0,
+    lip_masks: Optional[torch.Tensor] = None,
 ) -> LFGLossOutput:
-    """The LFG training objective on a batch of (source, driving) frames in [0, 1]."""
+    """
+    The LFG training objective on a batch of (source, driving) frames in [0, 1]. With `lip_weight`, `lip_masks`
+    ((batch, 1, S, S), see [`lip_region_masks`]) select the pixels of the lip term.
+    """
     output = lfg(source_image, driving_image)
     perceptual = perceptual_loss(output.prediction, driving_image)
     zero = perceptual.new_zeros(())
+    pixel, lip = zero, zero
+    if pixel_weight or lip_weight:
+        error = (output.prediction.float() - driving_image.float()).abs()
+        pixel = pixel_weight * error.mean()
+        if lip_weight:
+            if lip_masks is None:
+                raise ValueError("lip_weight needs lip_masks (the driving frames' lip boxes)")
+            lip = lip_weight * (error * lip_masks).sum() / (lip_masks.sum() * error.shape[1]).clamp(min=1.0)
     shift, affine = zero, zero
     if equivariance_shift_weight or equivariance_affine_weight:
         region_predictor = lfg.module.region_predictor if hasattr(lfg, "module") else lfg.region_predictor
@@ -291,9 +327,9 @@ def lfg_loss(
         revert = (lfg.module if hasattr(lfg, "module") else lfg).config.revert_axis_swap
         shift, affine = equivariance_losses(output.driving_regions, transformed_regions, transform, revert)
         shift, affine = equivariance_shift_weight * shift, equivariance_affine_weight * affine
-    total = perceptual + shift + affine
+    total = perceptual + shift + affine + pixel + lip
     return LFGLossOutput(loss=total, perceptual=perceptual, equivariance_shift=shift, equivariance_affine=affine,
-                         prediction=output.prediction)
+                         pixel=pixel, lip=lip, prediction=output.prediction)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -342,13 +378,16 @@ class LFGFramePairDataset(torch.utils.data.Dataset):
     (uniform with replacement, in time order) and the augmentation, so a key always gives the same pair.
 
     Args:
-        dataset (`datasets.Dataset`): Rows of the DAWN schema (only `frames` and `num_frames` are read).
+        dataset (`datasets.Dataset`): Rows of the DAWN schema (`frames`, `num_frames`, and `lip_box` when asked).
         augment (`bool`, defaults to `True`): Random horizontal flip, time flip and colour jitter.
+        with_lip_boxes (`bool`, defaults to `False`): Also return `driving_lip_box` (flipped with the frames).
     """
 
-    def __init__(self, dataset, augment: bool = True):
-        self.dataset = keep_frames_encoded(dataset.select_columns(["frames", "num_frames"]))
+    def __init__(self, dataset, augment: bool = True, with_lip_boxes: bool = False):
+        columns = ["frames", "num_frames"] + (["lip_box"] if with_lip_boxes else [])
+        self.dataset = keep_frames_encoded(dataset.select_columns(columns))
         self.augment = augment
+        self.with_lip_boxes = with_lip_boxes
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -357,16 +396,24 @@ class LFGFramePairDataset(torch.utils.data.Dataset):
         index, seed = key
         rng = np.random.default_rng(seed)
         row = self.dataset[int(index)]
-        first, second = np.sort(rng.integers(0, row["num_frames"], size=2))
-        pair = torch.cat([image_to_tensor(decode_frame(row["frames"][index])) for index in (first, second)])
+        frame_indices = np.sort(rng.integers(0, row["num_frames"], size=2))
+        pair = torch.cat([image_to_tensor(decode_frame(row["frames"][index])) for index in frame_indices])
+        lip_boxes = np.asarray(row["lip_box"], dtype=np.float64)[frame_indices] if self.with_lip_boxes else None
         if self.augment:
             if rng.random() < 0.5:
                 pair = pair.flip(-1)
+                if lip_boxes is not None:
+                    width = pair.shape[-1]
+                    lip_boxes = np.stack([width - lip_boxes[:, 1], width - lip_boxes[:, 0], lip_boxes[:, 2], lip_boxes[:, 3]], 1)
             if rng.random() < 0.5:
                 pair = pair.flip(0)
+                lip_boxes = lip_boxes[::-1] if lip_boxes is not None else None
             pair = color_jitter(pair, rng)
-        return {"source": pair[0], "driving": pair[1]}
+        sample = {"source": pair[0], "driving": pair[1]}
+        if lip_boxes is not None:
+            sample["driving_lip_box"] = torch.tensor(lip_boxes[1].copy(), dtype=torch.float32)
+        return sample
 
 
 def collate_frame_pairs(samples) -> Dict[str, torch.Tensor]:
-    return {name: torch.stack([sample[name] for sample in samples]) for name in ("source", "driving")}
+    return {name: torch.stack([sample[name] for sample in samples]) for name in samples[0]}
