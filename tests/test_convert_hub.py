@@ -58,9 +58,12 @@ UNET_ATOL = 2e-5
 
 
 def pbnet_options(fixtures_dir, kind):
-    """The options of the fake repository's opt.yaml: the fixture's, with the pose network declared `transformerreemb6`
-    (same weights, 100-frame attention window instead of 200), so that the converted config shows which file was read."""
-    options = json.loads((fixtures_dir / f"pbnet_tiny_{kind}_config.json").read_text())["parameters_passed_to_get_model"]
+    """
+    The options of the fake repository's opt.yaml: the fixture's, with the pose network declared `transformerreemb6`
+    (same weights, 100-frame attention window instead of 200), so that the converted config shows the file was read.
+    """
+    config = json.loads((fixtures_dir / f"pbnet_tiny_{kind}_config.json").read_text())
+    options = config["parameters_passed_to_get_model"]
     return {**options, "archiname": "transformerreemb6"} if kind == "pose" else options
 
 
@@ -127,7 +130,8 @@ def unet_output(unet, io):
 
 
 def test_selection_by_official_names_for_each_resolution():
-    files = [*OFFICIAL_LAYOUT.values(), *OFFICIAL_256.values(), *UNUSED_FILES, "pbnet/pose/opt.yaml", "pbnet/blink/opt.yaml"]
+    files = [*OFFICIAL_LAYOUT.values(), *OFFICIAL_256.values(), *UNUSED_FILES]
+    files += ["pbnet/pose/opt.yaml", "pbnet/blink/opt.yaml"]
     assert select_official_files(files, 128) == {
         **OFFICIAL_LAYOUT,
         "pbnet_pose_options": "pbnet/pose/opt.yaml",
@@ -204,7 +208,8 @@ def test_from_hub_converts_and_reproduces_the_fixtures(
     assert f"--from-hub {repo_id} --revision {commit} --resolution 128" in card
     for role, path in layout.items():
         assert f"`{path}` | `{hashlib.sha256(official_blobs[role]).hexdigest()}` |" in card
-    assert HUBERT_REPO in card and "research purposes only" in card and "Parity" in card
+    assert HUBERT_REPO in card and "research purposes only" in card and "changes no value" in card
+    assert "--face-location-weights FILE" in card and "holds weights given to the conversion" in card
 
 
 def test_resolution_256_takes_the_256_files(hub_endpoint, tmp_path):
@@ -214,6 +219,8 @@ def test_resolution_256_takes_the_256_files(hub_endpoint, tmp_path):
     assert pipe.config.resolution == 256
     card = (tmp_path / "dawn-256" / "README.md").read_text()
     assert "`LFG_256_400ep.pth`" in card and "`DAWN_256.pth`" in card and "LFG_128" not in card
+    assert "generator seeded 1234" in card and "--face-location-weights" not in card
+    assert 'DAWNPipeline.from_pretrained("dawn-256")' in card
 
 
 def test_second_run_uses_the_cache_and_offline_mode_works(hub_endpoint, capsys, tmp_path, monkeypatch):
@@ -231,7 +238,8 @@ def test_second_run_uses_the_cache_and_offline_mode_works(hub_endpoint, capsys, 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     assert run_convert(capsys, RENAMED_REPO, tmp_path / "offline", cache)[0] == 0
     assert len(hub.requests) == requests
-    first, offline = DAWNPipeline.from_pretrained(tmp_path / "first"), DAWNPipeline.from_pretrained(tmp_path / "offline")
+    first = DAWNPipeline.from_pretrained(tmp_path / "first")
+    offline = DAWNPipeline.from_pretrained(tmp_path / "offline")
     for name in ("lfg", "unet", "pbnet_pose", "pbnet_blink", "audio_encoder"):
         assert_state_dicts_equal(getattr(offline, name), getattr(first, name), name)
 
@@ -244,7 +252,7 @@ def test_second_run_uses_the_cache_and_offline_mode_works(hub_endpoint, capsys, 
 def test_revision_pins_the_source_commit(hub_endpoint, official_blobs, tmp_path):
     repo_id = f"{USER_NAME}/DAWN-history"
     complete = hub_endpoint.add_commit(repo_id, repository(official_blobs, OFFICIAL_LAYOUT))
-    without_blink = {k: v for k, v in OFFICIAL_LAYOUT.items() if k != "pbnet_blink"}
+    without_blink = {role: path for role, path in OFFICIAL_LAYOUT.items() if role != "pbnet_blink"}
     hub_endpoint.add_commit(repo_id, repository(official_blobs, without_blink))
     with pytest.raises(CheckpointConversionError, match="missing the blink PBNet"):
         convert_from_hub(tmp_path / "latest", repo_id, cache_dir=tmp_path / "cache", hubert_repo=HUBERT_REPO)
@@ -259,7 +267,8 @@ def test_revision_pins_the_source_commit(hub_endpoint, official_blobs, tmp_path)
 
 def test_repository_without_the_blink_pbnet_is_one_error_line(hub_endpoint, official_blobs, capsys, tmp_path):
     repo_id = f"{USER_NAME}/DAWN-no-blink"
-    hub_endpoint.add_commit(repo_id, repository(official_blobs, {k: v for k, v in OFFICIAL_LAYOUT.items() if k != "pbnet_blink"}))
+    without_blink = {role: path for role, path in OFFICIAL_LAYOUT.items() if role != "pbnet_blink"}
+    hub_endpoint.add_commit(repo_id, repository(official_blobs, without_blink))
     before = len(hub_endpoint.downloads())
     output = tmp_path / "out"
     code, _, stderr = run_convert(capsys, repo_id, output, tmp_path / "cache")
@@ -284,7 +293,8 @@ def test_unknown_repository_is_one_error_line(hub_endpoint, capsys, tmp_path):
 
 def test_convert_needs_from_hub_or_the_four_files(capsys, tmp_path):
     code = main(["convert", "--output", str(tmp_path / "out"), "--lfg", "LFG_128_1000ep.pth"])
-    assert_one_error_line(code, capsys.readouterr().err, "--from-hub REPO", "missing: --dawn, --pbnet-pose, --pbnet-blink")
+    stderr = capsys.readouterr().err
+    assert_one_error_line(code, stderr, "--from-hub REPO", "missing: --dawn, --pbnet-pose, --pbnet-blink")
 
 
 # ------------------------------------------------------------------------------------------------------- pushing
@@ -298,6 +308,7 @@ def test_push_to_hub_then_from_pretrained_round_trips(hub_endpoint, capsys, tmp_
     assert repo_id in stdout
     pushed = hub_endpoint.files(repo_id)
     assert pushed["README.md"] == (output / "README.md").read_bytes()
+    assert f'DAWNPipeline.from_pretrained("{repo_id}")' in pushed["README.md"].decode()
     assert json.loads(pushed["model_index.json"])["_class_name"] == "DAWNPipeline"
 
     local = DAWNPipeline.from_pretrained(output)

@@ -45,10 +45,14 @@ HUBERT_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 PARITY_STATEMENT = (
     "Every converted module reproduces the official module's outputs on the official tiny fixtures (LFG, the A2V-FDM "
     "U-Net with its local attention, the DDIM trajectory, both PBNets, and the end-to-end `sample_one_video` through "
-    "the pipeline's own sampling path); the conversion only renames and regroups the official tensors, bit for bit. "
-    "The face-location encoder is in no official checkpoint (the official models left it at its random "
-    "initialisation): it is filled with PyTorch's default initialisation drawn from a generator seeded 1234."
+    "the pipeline's own sampling path). The conversion renames and splits the official tensors and leaves out the "
+    "training-only parts; it changes no value."
 )
+FACE_LOCATION_STATEMENTS = {
+    False: "The face-location encoder is in no official checkpoint (the official models left it at its random "
+    "initialisation): it holds PyTorch's default initialisation drawn from a generator seeded 1234.",
+    True: "The face-location encoder, in no official checkpoint, holds weights given to the conversion.",
+}
 TERMS_STATEMENT = (
     "The weights are the official DAWN weights and carry their authors' terms. The official repositories state no "
     "licence, and the DAWN paper says the released code and model are for research purposes only: use these weights "
@@ -68,8 +72,9 @@ def _is_checkpoint(path: str) -> bool:
 def checkpoint_role(path: str) -> Optional[str]:
     """
     The role of a repository file by its name, or `None`: `LFG…` and `DAWN…` file names (in any folder) are the LFG
-    and A2V-FDM checkpoints; a checkpoint with `pose` or `blink` in its path (`pbnet/pose/…`, `pbnet_seperate/blink/…`)
-    is that PBNet. The joint `pbnet_both` network of older scripts has neither word and is not used.
+    and A2V-FDM checkpoints; a checkpoint with `pose` or `blink` in its path (`pbnet/pose/…`,
+    `pbnet_seperate/blink/…`) is that PBNet. The joint `pbnet_both` network of older scripts has neither word and is
+    not used.
     """
     if not _is_checkpoint(path):
         return None
@@ -358,12 +363,15 @@ def conversion_command(
     output_dir: str,
     hubert_repo: Optional[str] = OFFICIAL_HUBERT,
     chosen: Optional[Mapping[str, str]] = None,
+    face_location_given: bool = False,
 ) -> str:
     """The `diffusers-dawn convert` command that reproduces a conversion, pinned to the source commit."""
     parts = ["diffusers-dawn convert", f"--from-hub {repo_id}", f"--revision {commit}", f"--resolution {resolution}"]
     parts += [f"--{role.replace('_', '-')} {path}" for role, path in sorted((chosen or {}).items())]
     if hubert_repo is not None and hubert_repo != OFFICIAL_HUBERT:
         parts.append(f"--hubert-repo {hubert_repo}")
+    if face_location_given:
+        parts.append("--face-location-weights FILE")
     parts.append(f"--output {os.path.basename(os.path.normpath(output_dir)) or output_dir}")
     return " ".join(parts)
 
@@ -375,6 +383,7 @@ def model_card(
     command: str,
     hubert: Optional[HubSnapshot] = None,
     model_name: str = "dawn-{resolution}",
+    face_location_given: bool = False,
 ) -> str:
     """
     The README.md of a converted pipeline: provenance (repository, commit, SHA-256 of each file), use, parity and
@@ -390,7 +399,8 @@ def model_card(
             rows.append(f"| {ROLE_NAMES[role]} | `{path}` | `{sha256_of_file(source.local_paths[path])}` |")
     if hubert is not None:
         for path in hubert.local_paths:
-            rows.append(f"| speech encoder ({hubert.repo_id}) | `{path}` | `{sha256_of_file(hubert.local_paths[path])}` |")
+            digest = sha256_of_file(hubert.local_paths[path])
+            rows.append(f"| speech encoder ({hubert.repo_id}) | `{path}` | `{digest}` |")
     hubert_line = (
         f"- Speech encoder: [{hubert.repo_id}](https://huggingface.co/{hubert.repo_id}), revision `{hubert.revision}`, "
         f"commit `{hubert.commit}`"
@@ -445,7 +455,7 @@ pipe = DAWNPipeline.from_pretrained("{model_name}")
 
 ## Parity
 
-{PARITY_STATEMENT}
+{PARITY_STATEMENT} {FACE_LOCATION_STATEMENTS[face_location_given]}
 
 ## Terms
 
@@ -553,12 +563,19 @@ def convert_from_hub(
         resolution=resolution,
         overwrite=overwrite,
     )
+    face_location_given = face_location_state_dict is not None
     command = conversion_command(
-        repo_id, resolution, source.commit, output_dir, hubert_repo if hubert is not None else None, chosen_files
+        repo_id,
+        resolution,
+        source.commit,
+        output_dir,
+        hubert_repo if hubert is not None else None,
+        chosen_files,
+        face_location_given,
     )
     with open(os.path.join(output_dir, "README.md"), "w", encoding="utf-8") as handle:
         model_name = push_to_hub or os.path.basename(os.path.normpath(output_dir))
-        handle.write(model_card(source, selected, resolution, command, hubert, model_name))
+        handle.write(model_card(source, selected, resolution, command, hubert, model_name, face_location_given))
 
     if push_to_hub is not None:
         logger.info(f"Uploading {output_dir} to {push_to_hub}")
