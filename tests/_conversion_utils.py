@@ -58,6 +58,15 @@ def write_tiny_hubert(folder: Path) -> Path:
     return folder
 
 
+def assert_state_dicts_equal(actual, expected, what):
+    """Two modules hold the same tensors under the same names, bit for bit and in the same dtype."""
+    actual, expected = actual.state_dict(), expected.state_dict()
+    assert actual.keys() == expected.keys(), what
+    for key, value in expected.items():
+        assert actual[key].dtype == value.dtype, f"{what}: {key}"
+        assert torch.equal(actual[key], value), f"{what}: {key} differs"
+
+
 def assert_one_error_line(code, stderr, *fragments) -> str:
     """A `diffusers-dawn` bad-input exit: status 2, exactly one error line holding every fragment, no traceback."""
     errors = [line for line in stderr.splitlines() if line.startswith("diffusers-dawn: error: ")]

@@ -16,6 +16,7 @@ from diffusers_dawn.testing.tiny_hubert import build_tiny_hubert
 
 from _conversion_utils import (
     assert_one_error_line,
+    assert_state_dicts_equal,
     official_dawn_checkpoint,
     write_official_checkpoints,
     write_tiny_hubert,
@@ -52,14 +53,6 @@ def run_cli(capsys, arguments):
     code = main(arguments)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
-
-
-def assert_state_dicts_equal(actual, expected, what):
-    actual, expected = actual.state_dict(), expected.state_dict()
-    assert actual.keys() == expected.keys(), what
-    for key, value in expected.items():
-        assert actual[key].dtype == value.dtype, f"{what}: {key}"
-        assert torch.equal(actual[key], value), f"{what}: {key} differs"
 
 
 # --------------------------------------------------------------------------------------------------- full conversion

@@ -35,6 +35,17 @@ class CommandError(ValueError):
 # ---------------------------------------------------------------------------------------------------------------------
 def convert_command(args: argparse.Namespace) -> int:
     """`diffusers-dawn convert`: official checkpoints (+ HuBERT) → a `DAWNPipeline` folder."""
+    if args.from_hub is not None:
+        return convert_from_hub_command(args)
+    options = ("lfg", "dawn", "pbnet_pose", "pbnet_blink")
+    missing = ["--" + name.replace("_", "-") for name in options if getattr(args, name) is None]
+    if missing:
+        raise CommandError(
+            f"convert needs --from-hub REPO (e.g. --from-hub Hanbo-Cheng/DAWN) or the four official checkpoint files "
+            f"(missing: {', '.join(missing)})"
+        )
+    if args.push_to_hub is not None:
+        raise CommandError("--push-to-hub needs --from-hub REPO (the model card records the Hub source)")
     from .conversion.convert import convert_official_checkpoints, load_face_location_weights
 
     face_location_state_dict = None
@@ -57,6 +68,40 @@ def convert_command(args: argparse.Namespace) -> int:
     print(
         f"Converted pipeline written to {args.output} ({time.perf_counter() - started:.1f} s); load it with "
         f"DAWNPipeline.from_pretrained({args.output!r}) or `{PROGRAM} generate --model {args.output} ...`"
+    )
+    return 0
+
+
+def convert_from_hub_command(args: argparse.Namespace) -> int:
+    """`diffusers-dawn convert --from-hub REPO`: download the official files (+ HuBERT), convert, optionally push."""
+    from .conversion.convert import load_face_location_weights
+    from .conversion.hub import convert_from_hub
+
+    face_location_state_dict = None
+    if args.face_location_weights is not None:
+        face_location_state_dict = load_face_location_weights(args.face_location_weights)
+    # With --from-hub the per-file options name files in that repository, overriding the automatic choice.
+    roles = ("lfg", "dawn", "pbnet_pose", "pbnet_blink", "pbnet_pose_options", "pbnet_blink_options")
+    started = time.perf_counter()
+    convert_from_hub(
+        args.output,
+        repo_id=args.from_hub,
+        resolution=args.resolution,
+        revision=args.revision,
+        token=args.token,
+        cache_dir=args.cache_dir,
+        hubert_repo=args.hubert_repo,
+        hubert_path=args.hubert,
+        chosen_files={role: getattr(args, role) for role in roles if getattr(args, role) is not None},
+        face_location_state_dict=face_location_state_dict,
+        push_to_hub=args.push_to_hub,
+        overwrite=args.overwrite,
+    )
+    print(
+        f"Converted pipeline written to {args.output} ({time.perf_counter() - started:.1f} s)"
+        + (f" and pushed to {args.push_to_hub}" if args.push_to_hub else "")
+        + f"; load it with DAWNPipeline.from_pretrained({(args.push_to_hub or args.output)!r}) or "
+        f"`{PROGRAM} generate --model {args.output} ...`"
     )
     return 0
 
@@ -219,15 +264,33 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert the official DAWN release (LFG, DAWN A2V-FDM, pose and blink PBNets) plus HuBERT into "
         "a folder that DAWNPipeline.from_pretrained loads.",
     )
-    convert.add_argument("--lfg", required=True, metavar="PTH", help="LFG_128_1000ep.pth or LFG_256_400ep.pth")
-    convert.add_argument("--dawn", required=True, metavar="PTH", help="DAWN_128.pth or DAWN_256.pth")
-    convert.add_argument("--pbnet-pose", required=True, metavar="PTH", help="pbnet_seperate/pose/checkpoint_*.pth.tar")
-    convert.add_argument("--pbnet-blink", required=True, metavar="PTH", help="pbnet_seperate/blink/checkpoint_*.pth.tar")
+    convert.add_argument(
+        "--from-hub",
+        metavar="REPO",
+        help="download the official files from this Hub repository (Hanbo-Cheng/DAWN) and HuBERT, then convert; the "
+        "file options below then name files in REPO and are only needed to override the automatic choice",
+    )
+    convert.add_argument("--revision", metavar="REV", help="--from-hub: branch, tag or commit (default: main)")
+    convert.add_argument("--token", metavar="TOKEN", help="--from-hub: Hub token (default: the saved login / HF_TOKEN)")
+    convert.add_argument("--cache-dir", metavar="DIR", help="--from-hub: Hub cache (default: ~/.cache/huggingface/hub)")
+    convert.add_argument(
+        "--hubert-repo",
+        default="facebook/hubert-large-ls960-ft",
+        metavar="REPO",
+        help="--from-hub: speech encoder repository (default: facebook/hubert-large-ls960-ft)",
+    )
+    convert.add_argument(
+        "--push-to-hub", metavar="REPO", help="--from-hub: upload the converted pipeline (with a model card) to REPO"
+    )
+    convert.add_argument("--lfg", metavar="PTH", help="LFG_128_1000ep.pth or LFG_256_400ep.pth")
+    convert.add_argument("--dawn", metavar="PTH", help="DAWN_128.pth or DAWN_256.pth")
+    convert.add_argument("--pbnet-pose", metavar="PTH", help="pbnet_seperate/pose/checkpoint_*.pth.tar")
+    convert.add_argument("--pbnet-blink", metavar="PTH", help="pbnet_seperate/blink/checkpoint_*.pth.tar")
     convert.add_argument(
         "--hubert",
         metavar="DIR",
         help="folder with facebook/hubert-large-ls960-ft saved by save_pretrained (model + feature extractor); "
-        "required",
+        "required unless --from-hub downloads it",
     )
     convert.add_argument("--output", required=True, metavar="DIR", help="pipeline folder to write")
     convert.add_argument(

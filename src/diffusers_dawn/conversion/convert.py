@@ -54,6 +54,17 @@ def guess_resolution(*paths: "str | os.PathLike") -> Optional[int]:
     return found.pop() if found else None
 
 
+def check_output_dir(output_dir: "str | os.PathLike", overwrite: bool = False) -> None:
+    """Refuses an output path that is a file, or a non-empty folder unless `overwrite`: nothing there is replaced."""
+    output_dir = os.fspath(output_dir)
+    if os.path.isfile(output_dir):
+        raise CheckpointConversionError(f"{output_dir}: the output must be a folder, but a file of that name exists")
+    if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
+        raise CheckpointConversionError(
+            f"{output_dir}: the output folder is not empty; choose a new folder or pass --overwrite"
+        )
+
+
 def load_face_location_weights(path: "str | os.PathLike") -> Dict[str, torch.Tensor]:
     """
     Reads face-location encoder weights (`conv1.weight`, `conv1.bias`, `conv2.weight`, `conv2.bias`, optionally
@@ -218,12 +229,7 @@ def convert_official_checkpoints(
         raise CheckpointConversionError(f"no HuBERT speech encoder given; {HUBERT_HINT}")
     if output_dir is not None:
         output_dir = os.fspath(output_dir)
-        if os.path.isfile(output_dir):
-            raise CheckpointConversionError(f"{output_dir}: the output must be a folder, but a file of that name exists")
-        if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
-            raise CheckpointConversionError(
-                f"{output_dir}: the output folder is not empty; choose a new folder or pass --overwrite"
-            )
+        check_output_dir(output_dir, overwrite)
     if resolution is None:
         named = guess_resolution(lfg_path, dawn_path)
         resolution = named or 128

@@ -331,6 +331,21 @@ class HubServer:
         self._commit_counter += 1
         return hashlib.sha1(f"commit-{self._commit_counter}".encode()).hexdigest()
 
+    def add_commit(self, repo_id: str, files: Dict[str, bytes], summary: str = "upload") -> str:
+        """
+        Hosts `files` (path in the repository → content) as a new commit of `repo_id` (created when missing) and
+        returns the commit id: a quick way to stand up a third-party repository for a test.
+        """
+        with self.lock:
+            repository = self.repositories.setdefault(repo_id, _Repository(repo_id=repo_id))
+            commit = _Commit(self.new_oid(), dict(files), summary)
+            repository.commits.append(commit)
+        return commit.oid
+
+    def downloads(self) -> List[str]:
+        """The `GET .../resolve/...` requests served so far (file contents sent), in order."""
+        return [request for request in self.requests if request.startswith("GET ") and "/resolve/" in request]
+
     def files(self, repo_id: str, revision: str = "main") -> Dict[str, bytes]:
         """The files of a hosted repository at a revision."""
         repository = self.repositories.get(repo_id)
