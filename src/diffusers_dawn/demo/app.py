@@ -98,7 +98,7 @@ def build_demo(session: Optional[DemoSession] = None, models: Optional[Sequence[
     with gr.Blocks(title="DAWN talking head", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
             "# DAWN talking head\nOne portrait and one speech clip in, a talking-head video with that speech out. "
-            f"Limits: speech up to {MAX_SPEECH_SECONDS:g} s, portraits up to {MAX_IMAGE_PIXELS / 1e6:.0f} "
+            f"Limits: speech up to {MAX_SPEECH_SECONDS:g} s, portraits up to {MAX_IMAGE_PIXELS / 1e6:.1f} "
             f"megapixels ({', '.join(IMAGE_EXTENSIONS)}). One video is generated at a time; others wait in line."
         )
         with gr.Row():
@@ -109,6 +109,7 @@ def build_demo(session: Optional[DemoSession] = None, models: Optional[Sequence[
                 speech = gr.Audio(
                     label="Speech", type="filepath", sources=["upload", "microphone"], elem_id="speech"
                 )
+                button = gr.Button("Generate", variant="primary", elem_id="generate")
                 with gr.Accordion("Settings", open=False):
                     model = gr.Dropdown(session.models, value=session.models[0], label="Model", elem_id="model")
                     steps = gr.Slider(1, MAX_STEPS, value=20, step=1, label="Denoising steps", elem_id="steps")
@@ -127,7 +128,6 @@ def build_demo(session: Optional[DemoSession] = None, models: Optional[Sequence[
                     driving_video = gr.Video(
                         label="Head pose and blinks from a driving video (optional)", sources=["upload"]
                     )
-                button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column():
                 crop = gr.Image(label="Detected face", interactive=False, elem_id="face-crop", height=256)
                 face_status = gr.Markdown(elem_id="face-status")
