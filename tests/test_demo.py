@@ -84,6 +84,10 @@ def test_api_generates_the_video_and_refuses_bad_input_with_a_message(server, no
     assert PIL.Image.open(crop).size == (128, 128) and status.startswith("Face found")
     crop, status = client.predict(handle_file(str(no_face_image)), api_name="/face_crop")
     assert crop is None and status.startswith("**No face found in the portrait")
+    not_an_image = tmp_path / "notes.txt"
+    not_an_image.write_text("not a photo")
+    with pytest.raises(Exception, match=r"Portrait: \.txt files are not accepted; upload \.jpg"):
+        client.predict(handle_file(str(not_an_image)), api_name="/face_crop")
 
     job = client.submit(
         portrait=handle_file(DEMO_IMAGE), speech=handle_file(DEMO_AUDIO), steps=STEPS, seed=1, api_name="/generate"

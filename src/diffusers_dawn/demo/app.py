@@ -73,8 +73,10 @@ def build_demo(session: Optional[DemoSession] = None, models: Optional[Sequence[
             return None, ""
         try:
             return session.face_crop(portrait, model), "Face found: this square is what will be animated."
-        except DemoInputError as error:
+        except DemoInputError as error:  # shown beside the preview, where the visitor looks next
             return None, f"**{error}**"
+        except user_errors as error:
+            raise _page_error(error) from None
 
     # The defaults make every setting optional for API clients: `predict(portrait=..., speech=...)` is enough.
     def generate(
