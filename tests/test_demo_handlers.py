@@ -37,7 +37,8 @@ def test_the_core_command_line_does_not_import_gradio():
 def test_demo_command_without_gradio_says_how_to_install_it(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "gradio", None)  # makes `import gradio` fail as if it were not installed
     assert cli.main(["demo", "--port", "7999"]) == 2
-    assert capsys.readouterr().err.strip() == 'diffusers-dawn: error: the demo needs Gradio: pip install "diffusers-dawn[demo]"'
+    expected = 'diffusers-dawn: error: the demo needs Gradio: pip install "diffusers-dawn[demo]"'
+    assert capsys.readouterr().err.strip() == expected
 
 
 def test_portraits_beyond_the_limits_are_refused_with_what_to_do(tmp_path):

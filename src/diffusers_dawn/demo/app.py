@@ -159,5 +159,4 @@ def launch_demo(
         prevent_thread_lock=prevent_thread_lock,
         theme=THEME,
         footer_links=["api"],
-        quiet=True,
     )
