@@ -25,7 +25,9 @@ install_requires = [
 extras = {
     # Face detector whose weights ship inside the wheel (face-alignment downloads its weights on first use).
     "mediapipe": ["mediapipe==0.10.14"],
-    "test": ["pytest>=7", "scikit-image>=0.21", "mediapipe==0.10.14"],
+    # The web demo (`diffusers-dawn demo`, app.py); the 6.x series is the one tested, offline included.
+    "demo": ["gradio>=6.31,<7"],
+    "test": ["pytest>=7", "scikit-image>=0.21", "mediapipe==0.10.14", "selenium>=4.20"],
 }
 
 setup(

@@ -22,3 +22,8 @@ def _deterministic_torch():
     torch.set_num_threads(2)
     torch.manual_seed(0)
     yield
+
+
+def pytest_configure(config):
+    # Tests that take tens of seconds on the 2-core CI machine (deselect with -m "not slow").
+    config.addinivalue_line("markers", "slow: a long end-to-end test (real browser, real generation)")

@@ -249,6 +249,23 @@ def generate_command(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# demo
+# ---------------------------------------------------------------------------------------------------------------------
+def demo_command(args: argparse.Namespace) -> int:
+    """`diffusers-dawn demo`: the Gradio page (needs the `[demo]` extra) until Ctrl+C."""
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise CommandError('the demo needs Gradio: pip install "diffusers-dawn[demo]"') from None
+    from .demo.app import build_demo, launch_demo
+    from .demo.handlers import DemoSession, default_model
+
+    session = DemoSession(args.model or [default_model(), *EMBEDDED_MODELS], device=args.device, dtype=args.dtype)
+    launch_demo(build_demo(session), host=args.host, port=args.port)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Parser and entry point
 # ---------------------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
@@ -349,6 +366,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_debug_option(generate)
     generate.set_defaults(handler=generate_command)
+
+    demo = subcommands.add_parser(
+        "demo",
+        help="serve the web demo (Gradio; pip install \"diffusers-dawn[demo]\")",
+        description="Serve a web page (and its gradio_client API) that turns a portrait and speech into a video.",
+    )
+    demo.add_argument(
+        "--model",
+        action="append",
+        metavar="DIR_OR_HUB_ID",
+        help="model offered in the page (repeat for several; the first is preselected; default: the embedded "
+        f"models, else {RANDOM_DEMO_MODEL})",
+    )
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine)")
+    demo.add_argument("--port", type=int, metavar="N", help="port (default: 7860, or the next free one)")
+    demo.add_argument("--device", metavar="D", help="torch device (default: cuda when available, else cpu)")
+    demo.add_argument(
+        "--dtype", choices=DTYPE_CHOICES, default="auto", help="weights precision (default: fp16 on cuda, else fp32)"
+    )
+    _add_debug_option(demo)
+    demo.set_defaults(handler=demo_command)
     return parser
 
 
