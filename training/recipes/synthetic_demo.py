@@ -146,6 +146,9 @@ def assemble(out: Path, dataset, settings: dict) -> Path:
         audio_encoder=HubertModel.from_pretrained(out / "audio_encoder").eval(),
         feature_extractor=Wav2Vec2FeatureExtractor.from_pretrained(out / "audio_encoder"),
         resolution=settings["resolution"],
+        # The model was trained on whole frames (`--no_crop`): a portrait framed like them is used whole; with
+        # crop="face" the crop keeps the training data's face size.
+        crop="resize",
         crop_scale=round(face_crop_scale(dataset), 3),
     )
     pipeline.save_pretrained(out / "pipeline")
