@@ -251,9 +251,13 @@ def run_batch_command(args) -> int:
     jobs = read_batch_file(args.batch)
     settings = render_settings(args)
     model = resolve_model(args.model)
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()
+    # Processes started by `accelerate launch` / torchrun join one group: gloo on CPUs, the GPU backend otherwise.
+    use_cpu = (args.device or "").startswith("cpu") or not torch.cuda.is_available()
+    use_cpu = use_cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    state = PartialState(cpu=use_cpu)
     # Under `accelerate launch` each process takes the device accelerate gave it, unless --device says otherwise.
     device_name = args.device if args.device is not None or state.num_processes == 1 else str(state.device)
     device, torch_dtype = resolve_device_and_dtype(device_name, args.dtype)
