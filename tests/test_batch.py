@@ -58,7 +58,8 @@ def test_pipeline_lists_give_one_result_per_pair_equal_to_single_calls(media):
     assert len(results) == 2
     assert results[0].frames.shape[1] == FRAMES and results[1].frames.shape[1] == FRAMES + 5
     for index, (image, audio) in enumerate(zip(images, audios)):
-        single = pipe(image=image, audio=audio, num_inference_steps=2, generator=torch.Generator().manual_seed(index + 1))
+        generator = torch.Generator().manual_seed(index + 1)
+        single = pipe(image=image, audio=audio, num_inference_steps=2, generator=generator)
         np.testing.assert_array_equal(results[index].frames, single.frames)
         np.testing.assert_array_equal(results[index].pose, single.pose)
 
@@ -165,7 +166,8 @@ def test_accelerate_launch_on_two_cpu_processes_writes_each_video_exactly_once(m
         "-m", "diffusers_dawn.cli", "generate", "--batch", str(jobs), "--model", "tiny-random", "--steps", "2",
         "--device", "cpu",
     ]  # fmt: skip
-    environment = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]))
+    python_path = os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])
+    environment = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=python_path)
     finished = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=900)
     assert finished.returncode == 0, finished.stderr[-3000:]
     wrote = [line for line in finished.stdout.splitlines() if ": wrote " in line]

@@ -155,3 +155,17 @@ def test_composited_video_chunks_equal_one_pass(photo):
 def test_bad_feather_is_refused(photo):
     with pytest.raises(ValueError, match="feather"):
         compositor_for(photo, OFF_CENTRE, feather=0.8)
+
+
+def test_a_phone_photo_is_composited_upright(photo, tmp_path):
+    # Stored landscape with EXIF orientation 6 ("rotate 90° clockwise to view"): the video is portrait.
+    stored = PIL.Image.fromarray(photo)
+    exif = stored.getexif()
+    exif[0x0112] = 6
+    path = tmp_path / "phone.jpg"
+    stored.save(path, exif=exif, quality=95)
+    upright = PIL.Image.fromarray(photo).transpose(PIL.Image.ROTATE_270)
+    crop, transform = crop_to_face(upright, (300.0, 560.0, 1250.0, 1530.0), size=CROP)
+    compositor = FrameCompositor.from_photo(str(path), transform, np.asarray(crop) / 255.0)
+    assert compositor.size == (HEIGHT, WIDTH)
+    assert compositor.composite(random_crops(1)).shape == (1, WIDTH, HEIGHT, 3)

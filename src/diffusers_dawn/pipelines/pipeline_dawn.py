@@ -20,7 +20,8 @@ from ..models.unet_3d_flow import UNet3DFlowModel
 from ..processing.audio import AUDIO_SAMPLING_RATE, VIDEO_FPS, compute_hubert_features, load_audio, num_video_frames
 from ..processing.compositing import CompositedVideo, FrameCompositor
 from ..processing.face import FaceAnalyzer, face_mask
-from ..processing.image import CropTransform, crop_to_face, float_image_tensor, image_to_tensor, load_image, resize_square
+from ..processing.image import CropTransform
+from ..processing.image import crop_to_face, float_image_tensor, image_to_tensor, load_image, resize_square
 from ..processing.video import read_video
 from ..schedulers.scheduling_dawn_ddim import DAWNDDIMScheduler
 from .pipeline_output import DAWNPipelineOutput
@@ -618,7 +619,7 @@ def _pair_inputs(images, audios, generators):
     audios = list(audios) if isinstance(audios, (list, tuple)) else [audios]
     count = max(len(images), len(audios))
     if len(images) not in (1, count) or len(audios) not in (1, count):
-        raise ValueError(f"got {len(images)} images and {len(audios)} audio clips; pass equal numbers (or one of either)")
+        raise ValueError(f"got {len(images)} images and {len(audios)} audio clips; pass equal numbers (or one)")
     if isinstance(generators, (list, tuple)):
         if len(generators) != count:
             raise ValueError(f"got {len(generators)} generators for {count} videos; pass one per video")

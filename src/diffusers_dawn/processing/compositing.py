@@ -93,7 +93,8 @@ class FrameCompositor:
         grid_x, grid_y = np.meshgrid(xs, ys)
         self._grid = torch.from_numpy(np.stack([grid_x, grid_y], axis=-1).astype(np.float32))[None]
         self._mask = torch.from_numpy(self._feather_mask(x0, y0, x1, y1, width, height))[None, None]
-        self._photo_region = torch.from_numpy(self.photo[top:bottom, left:right].astype(np.float32)).permute(2, 0, 1)[None]
+        region = self.photo[top:bottom, left:right].astype(np.float32)
+        self._photo_region = torch.from_numpy(region).permute(2, 0, 1)[None]
         self._detail = self._photo_region - self._resample(self._source)
         # Colour-matching band: the crop pixels within the feather of its edge (at least 2 pixels wide).
         band = max(2, int(round(self.feather * self.crop_size)))

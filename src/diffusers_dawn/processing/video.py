@@ -143,7 +143,7 @@ def export_to_video_with_audio(
         num_frames = 0
         for chunk in itertools.chain([first], chunks):
             if chunk.shape[1:3] != (height, width):
-                raise ValueError(f"all frames must be {width}x{height}, got a chunk of {chunk.shape[2]}x{chunk.shape[1]}")
+                raise ValueError(f"all frames must be {width}x{height}, got {chunk.shape[2]}x{chunk.shape[1]}")
             if height % 2 or width % 2:
                 chunk = np.pad(chunk, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")
             for frame in chunk:
