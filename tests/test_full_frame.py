@@ -110,3 +110,9 @@ def test_cli_full_frame_options_are_checked(inputs, tmp_path, capsys):
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("diffusers-dawn: error: --feather must lie in [0, 0.5]")
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_full_frame_options_without_full_frame_are_refused(inputs, tmp_path, capsys):
+    code = main(["generate", "--model", "tiny-random", "--output", str(tmp_path / "x.mp4"), "--max-size", "640"])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("add --full-frame")

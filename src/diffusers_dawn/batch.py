@@ -250,6 +250,8 @@ def run_batch_command(args) -> int:
 
     jobs = read_batch_file(args.batch)
     settings = render_settings(args)
+    if settings.pose_from is not None and not os.path.isfile(settings.pose_from):
+        raise BatchFileError(f"{settings.pose_from}: no such video file (--pose-from)")
     model = resolve_model(args.model)
     import torch
     from accelerate import PartialState

@@ -170,6 +170,8 @@ def render_settings(args: argparse.Namespace):
         raise CommandError(f"--steps must be at least 1, got {args.steps}")
     if args.max_size is not None and args.max_size < 2:
         raise CommandError(f"--max-size must be at least 2 pixels, got {args.max_size}")
+    if not args.full_frame and (args.max_size is not None or args.color_match):
+        raise CommandError("--max-size and --color-match shape full-frame videos; add --full-frame")
     if not 0.0 <= args.feather <= 0.5:
         raise CommandError(f"--feather must lie in [0, 0.5] (a fraction of the face box side), got {args.feather}")
     return RenderSettings(
