@@ -196,20 +196,59 @@ def load_pipeline(model: str, torch_dtype=None):
     return pipe
 
 
-def generate_command(args: argparse.Namespace) -> int:
-    """`diffusers-dawn generate`: portrait + speech → MP4 with the speech muxed in."""
-    if not args.output.lower().endswith(VIDEO_EXTENSIONS):
-        raise CommandError(f"--output must be an .mp4 file, got {args.output!r}")
+def prepare_pipeline(model: str, args: argparse.Namespace, device, torch_dtype):
+    """The pipeline for `generate`: loaded, with the `--scheduler` swapped in, on `device`, showing progress."""
+    print(f"Loading {model} ({str(torch_dtype).replace('torch.', '')} on {device})", file=sys.stderr)
+    pipe = load_pipeline(model, torch_dtype)
+    if args.scheduler is not None:
+        pipe.scheduler = scheduler_class(args.scheduler).from_config(pipe.scheduler.config)
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(desc="Denoising", disable=False)
+    return pipe
+
+
+def render_settings(args: argparse.Namespace):
+    """The generation settings given on the command line (batch rows may override some)."""
+    from .batch import RenderSettings
+
     if args.steps < 1:
         raise CommandError(f"--steps must be at least 1, got {args.steps}")
+    if args.max_size is not None and args.max_size < 2:
+        raise CommandError(f"--max-size must be at least 2 pixels, got {args.max_size}")
+    if not args.full_frame and (args.max_size is not None or args.color_match):
+        raise CommandError("--max-size and --color-match shape full-frame videos; add --full-frame")
+    if not 0.0 <= args.feather <= 0.5:
+        raise CommandError(f"--feather must lie in [0, 0.5] (a fraction of the face box side), got {args.feather}")
+    return RenderSettings(
+        seed=args.seed,
+        steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        pose_from=args.pose_from,
+        full_frame=args.full_frame,
+        feather=args.feather,
+        color_match=args.color_match,
+        max_size=args.max_size,
+    )
+
+
+def generate_command(args: argparse.Namespace) -> int:
+    """`diffusers-dawn generate`: portrait + speech → MP4 with the speech muxed in (or many, with --batch)."""
+    if args.batch is not None:
+        from .batch import run_batch_command
+
+        return run_batch_command(args)
+    if args.output is None:
+        raise CommandError("--output is required (or --batch JOBS.csv for many videos)")
+    if not args.output.lower().endswith(VIDEO_EXTENSIONS):
+        raise CommandError(f"--output must be an .mp4 file, got {args.output!r}")
+    settings = render_settings(args)
     model = resolve_model(args.model)
     device, torch_dtype = resolve_device_and_dtype(args.device, args.dtype)
 
-    import torch
-
+    from .batch import render_video
     from .processing.audio import AUDIO_SAMPLING_RATE, load_audio
     from .processing.image import load_image
-    from .processing.video import VideoReadError, export_to_video_with_audio
+    from .processing.video import VideoReadError
 
     # Read the inputs before the (slow) model load, so that a wrong path fails at once.
     image = load_image(args.image)
@@ -217,33 +256,12 @@ def generate_command(args: argparse.Namespace) -> int:
     if args.pose_from is not None and not os.path.isfile(args.pose_from):
         raise VideoReadError(f"{args.pose_from}: no such video file (--pose-from)")
 
-    print(f"Loading {model} ({str(torch_dtype).replace('torch.', '')} on {device})", file=sys.stderr)
-    pipe = load_pipeline(model, torch_dtype)
-    if args.scheduler is not None:
-        pipe.scheduler = scheduler_class(args.scheduler).from_config(pipe.scheduler.config)
-    pipe = pipe.to(device)
-    pipe.set_progress_bar_config(desc="Denoising", disable=False)
-
-    # A CPU generator draws the same noise for a seed whatever the device the models run on.
-    generator = torch.Generator("cpu").manual_seed(args.seed)
+    pipe = prepare_pipeline(model, args, device, torch_dtype)
     started = time.perf_counter()
-    output = pipe(
-        image=image,
-        audio=speech,
-        sampling_rate=AUDIO_SAMPLING_RATE,
-        driving_video=args.pose_from,
-        num_inference_steps=args.steps,
-        guidance_scale=args.guidance_scale,
-        generator=generator,
-        output_type="np",
-    )
-    frames = output.frames[0]
-    path = export_to_video_with_audio(
-        frames, args.output, fps=output.fps, audio=output.audio, audio_sampling_rate=output.audio_sampling_rate
-    )
+    video = render_video(pipe, image, speech, args.output, settings, sampling_rate=AUDIO_SAMPLING_RATE)
     print(
-        f"Wrote {path}: {len(frames)} frames at {output.fps:g} fps ({len(frames) / output.fps:.2f} s), "
-        f"{frames.shape[2]}x{frames.shape[1]}, with audio; generated in {time.perf_counter() - started:.1f} s"
+        f"Wrote {video.path}: {video.num_frames} frames at {video.fps:g} fps ({video.seconds:.2f} s), "
+        f"{video.width}x{video.height}, with audio; generated in {time.perf_counter() - started:.1f} s"
     )
     return 0
 
@@ -346,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="AUDIO",
         help="speech (wav, flac, mp3, m4a or a video; default: a bundled 3 s synthetic speech clip)",
     )
-    generate.add_argument("--output", required=True, metavar="OUT.mp4", help="video file to write")
+    generate.add_argument("--output", metavar="OUT.mp4", help="video file to write (required without --batch)")
     generate.add_argument("--steps", type=int, default=20, metavar="N", help="denoising steps (default: 20)")
     generate.add_argument(
         "--scheduler",
@@ -364,6 +382,31 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument(
         "--guidance-scale", type=float, default=1.0, metavar="G", help="classifier-free guidance (default: 1, off)"
     )
+    generate.add_argument(
+        "--full-frame",
+        action="store_true",
+        help="paste the generated face back into the whole photo (video at the photo's size) instead of the crop",
+    )
+    generate.add_argument(
+        "--max-size", type=int, metavar="PX", help="--full-frame: scale the photo down so its long side is at most PX"
+    )
+    generate.add_argument(
+        "--feather",
+        type=float,
+        default=0.1,
+        metavar="F",
+        help="--full-frame: soft edge width as a fraction of the crop box side (default: 0.1; 0 pastes hard)",
+    )
+    generate.add_argument(
+        "--color-match", action="store_true", help="--full-frame: match the crop's colours to the photo at the box"
+    )
+    generate.add_argument(
+        "--batch",
+        metavar="JOBS.csv",
+        help="generate one video per row of a CSV (columns image, audio, output; optional seed, steps, pose_from) "
+        "with one model load; rows whose output exists are skipped; works under `accelerate launch`",
+    )
+    generate.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
     _add_debug_option(generate)
     generate.set_defaults(handler=generate_command)
 

@@ -18,7 +18,9 @@ from ..models.lfg import LFGAutoencoder, motion_latent_to_flow
 from ..models.pbnet import PBNetModel
 from ..models.unet_3d_flow import UNet3DFlowModel
 from ..processing.audio import AUDIO_SAMPLING_RATE, VIDEO_FPS, compute_hubert_features, load_audio, num_video_frames
+from ..processing.compositing import CompositedVideo, FrameCompositor
 from ..processing.face import FaceAnalyzer, face_mask
+from ..processing.image import CropTransform
 from ..processing.image import crop_to_face, float_image_tensor, image_to_tensor, load_image, resize_square
 from ..processing.video import read_video
 from ..schedulers.scheduling_dawn_ddim import DAWNDDIMScheduler
@@ -39,6 +41,8 @@ class SourcePortrait:
     face_box: np.ndarray  # [x_min, x_max, y_min, y_max, H, W] in the pixels of `image`
     pose: np.ndarray  # (6,) official units
     blink: np.ndarray  # (2,) eye aspect ratios
+    photo: Optional[PIL.Image.Image] = None  # the whole (EXIF-rotated) picture, when a face crop was cut from it
+    crop_transform: Optional[CropTransform] = None  # crop ↔ photo pixels, with `photo`
 
 
 @dataclass
@@ -77,6 +81,8 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
         crop (`str`, defaults to `"face"`): `"face"` crops a face-centred square, `"resize"` squashes the whole
             image to a square like the official code.
         crop_scale (`float`, defaults to 2.0): Side of the face crop relative to the face box size.
+        paste_back (`bool`, defaults to `False`): Return full-frame videos (the generated face crops blended back
+            into the photo, see [`FrameCompositor`]) instead of the crops; needs `crop="face"`.
     """
 
     model_cpu_offload_seq = "audio_encoder->pbnet_pose->pbnet_blink->lfg->unet"
@@ -98,6 +104,7 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
         face_backend: str = "auto",
         crop: str = "face",
         crop_scale: float = 2.0,
+        paste_back: bool = False,
     ):
         super().__init__()
         self.register_modules(
@@ -109,7 +116,9 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
             audio_encoder=audio_encoder,
             feature_extractor=feature_extractor,
         )
-        self.register_to_config(resolution=resolution, face_backend=face_backend, crop=crop, crop_scale=crop_scale)
+        self.register_to_config(
+            resolution=resolution, face_backend=face_backend, crop=crop, crop_scale=crop_scale, paste_back=paste_back
+        )
         self._face_analyzer = None
 
     @classmethod
@@ -205,6 +214,7 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
             face_box = analysis.face_box if face_box is None else face_box
             source_pose = analysis.pose if source_pose is None else source_pose
             source_blink = analysis.eye_ratios if source_blink is None else source_blink
+        photo, crop_transform = None, None
         face_box = np.asarray(face_box, dtype=np.float64).reshape(-1)
         if face_box.shape[0] == 4:
             face_box = np.concatenate([face_box, [height, width]])
@@ -215,7 +225,7 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
             cropped, crop_transform = crop_to_face(picture, face_box, size=resolution, scale=self.config.crop_scale)
             box_in_crop = crop_transform.box_to_crop(face_box[:4])
             face_box = np.array([*box_in_crop, resolution, resolution], dtype=np.float64)
-            picture = cropped
+            photo, picture = picture, cropped
         elif crop == "resize":
             # Official behaviour: squash the whole image to a square; the box keeps its original-pixel layout
             # [.., H, W] because the face mask normalises by those last two entries.
@@ -232,6 +242,8 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
             face_box=face_box,
             pose=np.asarray(source_pose, dtype=np.float64).reshape(6),
             blink=np.asarray(source_blink, dtype=np.float64).reshape(2),
+            photo=photo,
+            crop_transform=crop_transform,
         )
 
     # ------------------------------------------------------------------------------------------------------------
@@ -393,8 +405,8 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
     @torch.no_grad()
     def __call__(
         self,
-        image: ImageInput,
-        audio: Optional[AudioInput] = None,
+        image: Union[ImageInput, List[ImageInput]],
+        audio: Optional[Union[AudioInput, List[AudioInput]]] = None,
         sampling_rate: Optional[int] = None,
         audio_features: Optional[Union[np.ndarray, torch.Tensor]] = None,
         pose: Optional[np.ndarray] = None,
@@ -416,16 +428,22 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
         return_dict: bool = True,
         callback_on_step_end: Optional[Callable[[Any, int, int, Dict], Dict]] = None,
         callback_on_step_end_tensor_inputs: List[str] = ["latents"],
+        paste_back: Optional[bool] = None,
+        feather: float = 0.1,
+        color_match: bool = False,
+        max_size: Optional[int] = None,
     ):
         r"""
         Generates a talking-head video for the whole speech clip in one non-autoregressive pass.
 
         Args:
-            image (`str`, `PIL.Image.Image`, `np.ndarray` or `torch.Tensor`):
+            image (`str`, `PIL.Image.Image`, `np.ndarray` or `torch.Tensor`, or a list of them):
                 The portrait: a path or an image in any mode and size. By default a face-centred square is cropped.
-            audio (`str`, `np.ndarray` or `torch.Tensor`, *optional*):
+            audio (`str`, `np.ndarray` or `torch.Tensor`, or a list of them, *optional*):
                 The speech: a path (wav, flac, mp3, m4a, or a video file's audio track) or samples, any rate and
                 channel count (`sampling_rate` required for arrays). The video lasts floor(duration × 25) frames.
+                Lists of images and/or speech clips make one video per pair (a single image or clip is paired with
+                every entry of the other list), returned as a list of results.
             audio_features (`np.ndarray` or `torch.Tensor` of shape `(frames, hidden)`, *optional*):
                 Precomputed speech features at 25 fps instead of `audio`.
             pose (`np.ndarray` of shape `(frames, 6)`, *optional*):
@@ -443,7 +461,9 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
             guidance_scale (`float`, defaults to 1.0):
                 Classifier-free guidance on the speech/pose/blink condition (1.0 = off, as the official sampler).
             eta (`float`, *optional*): Passed to schedulers whose `step` takes it (DDIM-style noise level).
-            generator (`torch.Generator`, *optional*): Makes pose/blink sampling and denoising deterministic.
+            generator (`torch.Generator` or a list of them, *optional*):
+                Makes pose/blink sampling and denoising deterministic. With lists of inputs, one generator per pair
+                makes each video independent of the others in the list.
             latents (`torch.Tensor` of shape `(1, 3, frames, L, L)`, *optional*): Initial noise.
             decode_chunk_size (`int`, *optional*, defaults to 16): Frames decoded at once (bounds memory).
             output_type (`str`, defaults to `"np"`): `"np"`, `"pil"`, `"pt"` or `"latent"`.
@@ -451,15 +471,53 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
             callback_on_step_end (`Callable`, *optional*):
                 Called after each denoising step as `callback_on_step_end(pipe, step, timestep, callback_kwargs)`
                 with the tensors named in `callback_on_step_end_tensor_inputs`; may return replacements.
+            paste_back (`bool`, *optional*): Full-frame output (defaults to the pipeline config): `frames[0]` is a
+                [`CompositedVideo`] at the photo's resolution, composited chunk by chunk when read; needs
+                `crop="face"` and `output_type="np"`.
+            feather (`float`, defaults to 0.1): Paste-back soft edge width, as a fraction of the crop box side.
+            color_match (`bool`, defaults to `False`): Paste-back: match each crop's colours to the photo at the box.
+            max_size (`int`, *optional*): Paste-back: scale the photo down so its long side is at most this.
 
         Returns:
-            [`DAWNPipelineOutput`] or `tuple` `(frames, pose, blink, fps, audio)`.
+            [`DAWNPipelineOutput`] or `tuple` `(frames, pose, blink, fps, audio)`; a list of them for lists of inputs.
         """
+        if isinstance(image, (list, tuple)) or isinstance(audio, (list, tuple)):
+            per_video = dict(
+                audio_features=audio_features, pose=pose, blink=blink, latents=latents, face_landmarks=face_landmarks,
+                face_box=face_box, source_pose=source_pose, source_blink=source_blink,
+            )  # fmt: skip
+            given = sorted(name for name, value in per_video.items() if value is not None)
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} describe a single video; with lists of images or audio, call the pipeline "
+                    "once per video to pass them"
+                )
+            shared = dict(
+                sampling_rate=sampling_rate, driving_video=driving_video, crop=crop, num_frames=num_frames,
+                num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, eta=eta,
+                decode_chunk_size=decode_chunk_size, output_type=output_type, return_dict=return_dict,
+                callback_on_step_end=callback_on_step_end,
+                callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, paste_back=paste_back,
+                feather=feather, color_match=color_match, max_size=max_size,
+            )  # fmt: skip
+            return [
+                self(image=item_image, audio=item_audio, generator=item_generator, **shared)
+                for item_image, item_audio, item_generator in _pair_inputs(image, audio, generator)
+            ]
+
         self.check_inputs(num_inference_steps, guidance_scale, output_type, callback_on_step_end_tensor_inputs)
         if isinstance(generator, list):
             if len(generator) != 1:
-                raise ValueError("DAWNPipeline generates one video per call; pass a single generator")
+                raise ValueError(
+                    f"got {len(generator)} generators for one video; pass one generator, or lists of images/audio"
+                )
             generator = generator[0]
+        paste_back = self.config.paste_back if paste_back is None else paste_back
+        if paste_back and ((crop or self.config.crop) != "face" or output_type != "np"):
+            raise ValueError(
+                "paste_back needs crop='face' (the crop's box in the photo) and output_type='np'; got "
+                f"crop={crop or self.config.crop!r}, output_type={output_type!r}"
+            )
         self._guidance_scale = guidance_scale
         self._interrupt = False
         device = self._execution_device
@@ -529,12 +587,45 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
         else:
             frames = self.decode_motion(source_features, latents, decode_chunk_size).float().clamp(0, 1)
             video = _postprocess_video(frames, output_type)
+        crops = video if output_type == "np" else None
+        if paste_back:
+            # Full-size frames are made only when read (chunk by chunk), so memory stays that of the crops.
+            compositor = FrameCompositor.from_photo(
+                source.photo,
+                source.crop_transform,
+                source.image[0].permute(1, 2, 0).numpy(),
+                feather=feather,
+                color_match=color_match,
+                max_size=max_size,
+            )
+            video = [CompositedVideo(crops[0], compositor)]
 
         self.maybe_free_model_hooks()
         outputs = (video, pose.astype(np.float32), blink.astype(np.float32), float(VIDEO_FPS), speech.waveform)
         if not return_dict:
             return outputs
-        return DAWNPipelineOutput(*outputs, audio_sampling_rate=AUDIO_SAMPLING_RATE)
+        return DAWNPipelineOutput(
+            *outputs,
+            audio_sampling_rate=AUDIO_SAMPLING_RATE,
+            crops=crops,
+            crop_box=source.crop_transform,
+            photo=source.photo,
+        )
+
+
+def _pair_inputs(images, audios, generators):
+    """(image, audio, generator) per video from lists (a single image, clip or generator serves every video)."""
+    images = list(images) if isinstance(images, (list, tuple)) else [images]
+    audios = list(audios) if isinstance(audios, (list, tuple)) else [audios]
+    count = max(len(images), len(audios))
+    if len(images) not in (1, count) or len(audios) not in (1, count):
+        raise ValueError(f"got {len(images)} images and {len(audios)} audio clips; pass equal numbers (or one)")
+    if isinstance(generators, (list, tuple)):
+        if len(generators) != count:
+            raise ValueError(f"got {len(generators)} generators for {count} videos; pass one per video")
+    else:
+        generators = [generators] * count
+    return [(images[i % len(images)], audios[i % len(audios)], generators[i]) for i in range(count)]
 
 
 def _as_array(values, name: str, width: int) -> np.ndarray:

@@ -14,7 +14,8 @@ class DAWNPipelineOutput(BaseOutput):
 
     Args:
         frames (`np.ndarray`, `torch.Tensor` or `List[List[PIL.Image.Image]]`):
-            The generated video: `(batch, frames, height, width, 3)` floats in [0, 1] for `output_type="np"`,
+            The generated video: `(batch, frames, height, width, 3)` floats in [0, 1] for `output_type="np"` (with
+            `paste_back`, a list holding one [`~processing.compositing.CompositedVideo`] of full uint8 frames),
             `(batch, frames, 3, height, width)` for `"pt"`, a list (per video) of lists of PIL images for `"pil"`, and
             the motion latents `(batch, 3, frames, latent, latent)` for `"latent"`.
         pose (`np.ndarray` of shape `(frames, 6)`):
@@ -23,6 +24,10 @@ class DAWNPipelineOutput(BaseOutput):
         fps (`float`): Frame rate of the video (25).
         audio (`np.ndarray`, *optional*): The speech as 16 kHz mono float32, trimmed to the video's duration.
         audio_sampling_rate (`int`): Sampling rate of `audio`.
+        crops (`np.ndarray`, *optional*): The generated face-crop video `(batch, frames, size, size, 3)` for
+            `output_type="np"` (the same array as `frames` unless `paste_back` made full-frame videos).
+        crop_box ([`~processing.image.CropTransform`], *optional*): Where the crop was cut from `photo` (face crops).
+        photo (`PIL.Image.Image`, *optional*): The whole (EXIF-rotated) input picture the crop was cut from.
     """
 
     frames: Union[np.ndarray, torch.Tensor, List[List[PIL.Image.Image]]]
@@ -31,3 +36,6 @@ class DAWNPipelineOutput(BaseOutput):
     fps: float = 25.0
     audio: Optional[np.ndarray] = None
     audio_sampling_rate: int = 16000
+    crops: Optional[np.ndarray] = None
+    crop_box: Optional[object] = None
+    photo: Optional[PIL.Image.Image] = None

@@ -1,5 +1,6 @@
 """Video output (H.264 + AAC MP4 with the speech muxed in) and input (frames + audio track), with PyAV only."""
 
+import itertools
 import os
 from fractions import Fraction
 from typing import Dict, Optional, Sequence, Tuple, Union
@@ -81,7 +82,9 @@ def export_to_video_with_audio(
     Writes the frames as an H.264 (yuv420p) MP4 and muxes the speech in, trimmed to exactly the video's duration.
 
     Args:
-        frames: See [`frames_to_uint8`]; floats in [0, 1] are truncated to uint8 like the official writer does.
+        frames: See [`frames_to_uint8`]; floats in [0, 1] are truncated to uint8 like the official writer does. An
+            iterator of such chunks (e.g. [`CompositedVideo.iter_chunks`]) is encoded chunk by chunk, so a long
+            full-size video is never held in memory whole.
         output_path: Where to write the MP4 (folders are created).
         fps: Frame rate (DAWN: 25).
         audio: Speech as a path (any file PyAV reads) or samples (samples,) / (samples, channels) /
@@ -96,12 +99,12 @@ def export_to_video_with_audio(
     """
     import av
 
-    frames = frames_to_uint8(frames)
-    num_frames, height, width = frames.shape[:3]
-    if num_frames == 0:
+    streamed = not isinstance(frames, (np.ndarray, torch.Tensor, list, tuple))
+    chunks = (frames_to_uint8(chunk) for chunk in (frames if streamed else [frames]))
+    first = next(chunks, None)
+    if first is None or len(first) == 0:
         raise ValueError("no frames to write")
-    if height % 2 or width % 2:
-        frames = np.pad(frames, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+    height, width = first.shape[1:3]
     frame_rate = Fraction(fps).limit_denominator(1001)
     if frame_rate <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
@@ -122,15 +125,12 @@ def export_to_video_with_audio(
             waveform, audio_rate = samples_to_mono(audio), int(audio_sampling_rate)
         output_rate = _aac_rate(audio_codec, audio_rate)
         waveform = resample(waveform, audio_rate, output_rate)
-        # Exactly F / fps seconds: shorter speech is padded with silence, longer speech is cut.
-        num_samples = int(round(num_frames / frame_rate * output_rate))
-        waveform = np.pad(waveform[:num_samples], (0, max(0, num_samples - len(waveform))))
 
     output_path = os.fspath(output_path)
     os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
     with av.open(output_path, mode="w") as container:
         video_stream = container.add_stream(video_codec, rate=frame_rate)
-        video_stream.width, video_stream.height = frames.shape[2], frames.shape[1]
+        video_stream.width, video_stream.height = width + width % 2, height + height % 2
         video_stream.pix_fmt = "yuv420p"
         video_stream.time_base = 1 / frame_rate
         if video_codec.startswith("libx26"):
@@ -140,14 +140,24 @@ def export_to_video_with_audio(
             audio_stream = container.add_stream(audio_codec, rate=output_rate)
             audio_stream.bit_rate = _parse_bitrate(audio_bitrate)
             audio_stream.layout = "mono"
-        for index, frame in enumerate(frames):
-            video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
-            video_frame.pts = index
-            for packet in video_stream.encode(video_frame):
-                container.mux(packet)
+        num_frames = 0
+        for chunk in itertools.chain([first], chunks):
+            if chunk.shape[1:3] != (height, width):
+                raise ValueError(f"all frames must be {width}x{height}, got {chunk.shape[2]}x{chunk.shape[1]}")
+            if height % 2 or width % 2:
+                chunk = np.pad(chunk, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+            for frame in chunk:
+                video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+                video_frame.pts = num_frames
+                num_frames += 1
+                for packet in video_stream.encode(video_frame):
+                    container.mux(packet)
         for packet in video_stream.encode():
             container.mux(packet)
         if audio_stream is not None:
+            # Exactly F / fps seconds: shorter speech is padded with silence, longer speech is cut.
+            num_samples = int(round(num_frames / frame_rate * output_rate))
+            waveform = np.pad(waveform[:num_samples], (0, max(0, num_samples - len(waveform))))
             # PyAV re-frames this single frame into encoder-sized frames (1024 samples for AAC).
             audio_frame = av.AudioFrame.from_ndarray(waveform[None].astype(np.float32), format="flt", layout="mono")
             audio_frame.sample_rate = output_rate
