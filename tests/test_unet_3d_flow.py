@@ -14,7 +14,12 @@ from diffusers_dawn.conversion.unet import (
     dawn_cosine_schedule_buffers,
     seeded_face_location_state_dict,
 )
-from diffusers_dawn.models.attention_processor import DAWNAttention, FullAttnProcessor, LocalAttnProcessor
+from diffusers_dawn.models.attention_processor import (
+    DAWNAttention,
+    FullAttnProcessor,
+    FusedLocalAttnProcessor,
+    LocalAttnProcessor,
+)
 from diffusers_dawn.models.embeddings import RotaryEmbedding
 from diffusers_dawn.models.unet_3d_blocks import FaceLocationEncoder
 from diffusers_dawn.models.unet_3d_flow import UNet3DFlowModel, UNet3DFlowOutput
@@ -69,7 +74,7 @@ def tiny_inputs(model, batch=2, frames=5, size=8, seed=0):
 
 
 @pytest.mark.parametrize("name", ["short8", "long48"])
-@pytest.mark.parametrize("processor", [LocalAttnProcessor, FullAttnProcessor])
+@pytest.mark.parametrize("processor", [FusedLocalAttnProcessor, LocalAttnProcessor, FullAttnProcessor])
 def test_official_unet_parity(tiny_model, fixtures_dir, name, processor):
     io = load_file(fixtures_dir / f"fdm_tiny_unet_{name}_io.safetensors")
     tiny_model.set_attn_processor(processor())
@@ -77,7 +82,7 @@ def test_official_unet_parity(tiny_model, fixtures_dir, name, processor):
         eps = predict(tiny_model, io["in.x"], io["in.time"], io["in.cond"])
         eps_null = predict(tiny_model, io["in.x"], io["in.time"], torch.zeros_like(io["in.cond"]))
     finally:
-        tiny_model.set_attn_processor(LocalAttnProcessor())
+        tiny_model.set_attn_processor(FusedLocalAttnProcessor())  # the default
     torch.testing.assert_close(eps, io["out.eps"], atol=PASS_ATOL, rtol=1e-5)
     torch.testing.assert_close(eps_null, io["out.eps_null_cond"], atol=PASS_ATOL, rtol=1e-5)
     guided = eps_null + 2.5 * (eps - eps_null)
@@ -155,7 +160,7 @@ def test_processors_listed_and_swappable(tiny_model):
     assert all(isinstance(p, LocalAttnProcessor) for p in processors.values())
     tiny_model.set_attn_processor(FullAttnProcessor())
     assert all(isinstance(p, FullAttnProcessor) for p in tiny_model.attn_processors.values())
-    tiny_model.set_attn_processor(LocalAttnProcessor())
+    tiny_model.set_attn_processor(FusedLocalAttnProcessor())  # the default
 
 
 def test_save_load_round_trip_fp32_and_fp16(tiny_model, tmp_path):

@@ -44,6 +44,7 @@ from diffusers_dawn.training.a2v_trainer import (
     STAGE_CLIP_LENGTHS,
     A2VBatchSampler,
     A2VClipDataset,
+    MotionTargetCache,
     a2v_batch_loss,
     collate_a2v_clips,
 )
@@ -76,6 +77,13 @@ def build_parser(description: str = __doc__) -> argparse.ArgumentParser:
     data.add_argument("--clips_per_video", type=int, default=1, help="Clips drawn from each video per epoch.")
     data.add_argument("--min_clip_length", type=int, default=None, help="Override the stage's clip lengths.")
     data.add_argument("--max_clip_length", type=int, default=None)
+    data.add_argument(
+        "--motion_target_cache_mb",
+        type=int,
+        default=1024,
+        help="Keep the frozen LFG's motion targets of seen (reference, frame) pairs in memory up to this size, so "
+        "each pair is estimated once, not at every visit (0 disables).",
+    )
 
     objective = parser.add_argument_group("objective")
     objective.add_argument("--null_condition_probability", type=float, default=NULL_CONDITION_PROBABILITY)
@@ -117,6 +125,8 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
         args.skip_nan_gradients = args.stage == 2
     low, high = STAGE_CLIP_LENGTHS[args.stage]
     args.clip_length = (args.min_clip_length or low, args.max_clip_length or high)
+    if args.motion_target_cache_mb < 0:
+        raise ValueError("--motion_target_cache_mb must be 0 (no cache) or a positive size in MiB")
     if args.stage == 2 and args.init_from is None and not getattr(args, "lora", False):
         raise ValueError("stage 2 starts from the stage-1 U-Net: pass --init_from STAGE1_OUTPUT_DIR (or a checkpoint)")
     check_common_args(args)
@@ -328,6 +338,8 @@ def train(args, adapter: Optional[A2VModelAdapter] = None) -> List[float]:
         f"batch {total_batch}, {args.max_train_steps} steps"
     )
 
+    motion_cache = MotionTargetCache(args.motion_target_cache_mb * 2**20) if args.motion_target_cache_mb > 0 else None
+
     def training_step(batch, step_info):
         unet.train()
         with accelerator.autocast():
@@ -336,6 +348,7 @@ def train(args, adapter: Optional[A2VModelAdapter] = None) -> List[float]:
                 lfg,
                 noise_scheduler,
                 batch,
+                motion_cache=motion_cache,
                 null_condition_probability=args.null_condition_probability,
                 lip_loss_weight=args.lip_loss_weight,
                 flow_loss_weight=args.flow_loss_weight,

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .embeddings import BandedPositionBias, RotaryEmbedding
+from .fused_kernels import fused_self_attention_qkv, is_plain_linear
 
 
 class DAWNAttention(nn.Module):
@@ -23,8 +24,8 @@ class DAWNAttention(nn.Module):
         heads (`int`): Number of heads.
         dim_head (`int`): Channels per head.
         cross_attention_dim (`int`, *optional*): Channels of `encoder_hidden_states`; defaults to `query_dim`.
-        processor (*optional*): Attention processor; defaults to [`LocalAttnProcessor`] (exact, memory linear in the
-            sequence length when a windowed bias is given).
+        processor (*optional*): Attention processor; defaults to [`FusedLocalAttnProcessor`] (exact, memory linear in
+            the sequence length when a windowed bias is given).
     """
 
     def __init__(
@@ -46,7 +47,7 @@ class DAWNAttention(nn.Module):
         self.to_k = nn.Linear(cross_attention_dim, inner_dim, bias=False)
         self.to_v = nn.Linear(cross_attention_dim, inner_dim, bias=False)
         self.to_out = nn.ModuleList([nn.Linear(inner_dim, query_dim, bias=False)])
-        self.set_processor(LocalAttnProcessor() if processor is None else processor)
+        self.set_processor(FusedLocalAttnProcessor() if processor is None else processor)
 
     def set_processor(self, processor) -> None:
         self.processor = processor
@@ -181,7 +182,7 @@ class LocalAttnProcessor:
         rows = max(1, int(self.max_chunk_bytes // max(row_bytes, 1)))
 
         def attend(states, context):
-            query, key, value = attn.prepare_qkv(states, context, rotary_emb)
+            query, key, value = self.prepare_qkv(attn, states, context, rotary_emb)
             if banded:
                 attended = banded_attention(query, key, value, mask, radius, block)
             else:
@@ -199,6 +200,24 @@ class LocalAttnProcessor:
                 output = chunk.new_empty((batch,) + chunk.shape[1:])
             output[start : start + rows] = chunk
         return output
+
+    def prepare_qkv(self, attn: DAWNAttention, hidden_states, encoder_hidden_states, rotary_emb):
+        return attn.prepare_qkv(hidden_states, encoder_hidden_states, rotary_emb)
+
+
+class FusedLocalAttnProcessor(LocalAttnProcessor):
+    r"""
+    [`LocalAttnProcessor`] whose self-attention queries, keys and values come from one batched product with the query
+    scale and the rotary embedding folded into per-position weights (`fused_kernels.fused_self_attention_qkv`),
+    instead of three projections followed by several passes of scaling, rotation and transposition. Same results up
+    to float32 rounding; the default processor. Cross-attention, and projections wrapped by an adapter (LoRA), use
+    the unfused preparation.
+    """
+
+    def prepare_qkv(self, attn: DAWNAttention, hidden_states, encoder_hidden_states, rotary_emb):
+        if encoder_hidden_states is not None or not is_plain_linear(attn.to_q, attn.to_k, attn.to_v):
+            return attn.prepare_qkv(hidden_states, encoder_hidden_states, rotary_emb)
+        return fused_self_attention_qkv(attn, hidden_states, rotary_emb)
 
 
 def banded_attention_mask(position_bias: BandedPositionBias, length: int, block: int) -> torch.Tensor:

@@ -9,6 +9,7 @@ from torch import nn
 
 from .attention_processor import DAWNAttention
 from .embeddings import BandedPositionBias, RotaryEmbedding
+from .fused_kernels import cross_attentions_are_fusable, fused_cosine_cross_attentions
 
 # Bound of the per-chunk temporaries of the per-frame spatial linear attention (its 3·heads·dim_head channels are
 # up to 12× wider than the feature map it reads).
@@ -46,8 +47,17 @@ class ChannelLayerNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(channels))
+        # One `layer_norm` call on the channels-last view; False runs the reference (official) formula.
+        self.fused_kernels = True
+
+    def channels_last(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The same norm of a tensor whose channels are on the last axis (one pass, contiguous result)."""
+        return F.layer_norm(hidden_states, hidden_states.shape[-1:], self.weight, None, self.eps)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.fused_kernels:
+            # The result has channels-last strides; the following convolutions and permutes accept them.
+            return self.channels_last(hidden_states.movedim(1, -1)).movedim(-1, 1)
         # Separate var and mean reductions, as the official model: var_mean rounds differently.
         variance = torch.var(hidden_states, dim=1, unbiased=False, keepdim=True)
         mean = torch.mean(hidden_states, dim=1, keepdim=True)
@@ -165,6 +175,8 @@ class ResnetBlock3D(nn.Module):
         self.norm2 = nn.GroupNorm(groups, out_channels)
         self.conv_shortcut = nn.Conv3d(in_channels, out_channels, 1) if in_channels != out_channels else None
         self.time_emb_proj = nn.Linear(temb_channels, 2 * out_channels) if temb_channels else None
+        # Fused cross-attentions (`fused_kernels.py`); False runs the three reference modules one by one.
+        self.fused_kernels = True
         self.condition_dims = tuple(condition_dims) if condition_dims is not None else None
         if condition_dims is not None:
             audio_dim, pose_dim, blink_dim = condition_dims
@@ -196,6 +208,7 @@ class ResnetBlock3D(nn.Module):
             )
         ]
         out_channels = self.conv1.out_channels
+        fused = self.fused_kernels and cross_attentions_are_fusable([attention for attention, _ in tokens])
         # Frames are independent here: chunking them bounds the (positions × channels) temporaries of long videos.
         frame_bytes = 4 * batch * height * width * (in_channels + out_channels + 64) * hidden_states.element_size()
         frames_per_chunk = max(1, CROSS_ATTENTION_CHUNK_BYTES // frame_bytes)
@@ -204,11 +217,14 @@ class ResnetBlock3D(nn.Module):
             chunk = hidden_states[:, :, start : start + frames_per_chunk]
             chunk_frames = chunk.shape[2]
             queries = chunk.permute(0, 2, 3, 4, 1).reshape(batch * chunk_frames, height * width, in_channels)
-            attended = None
-            for attention, token in tokens:
-                context = token[:, start : start + chunk_frames].reshape(batch * chunk_frames, 1, -1)
-                result = attention(queries, context)
-                attended = result if attended is None else attended + result
+            contexts = [token[:, start : start + chunk_frames].reshape(batch * chunk_frames, -1) for _, token in tokens]
+            if fused:
+                attended = fused_cosine_cross_attentions(queries, contexts, [attention for attention, _ in tokens])
+            else:
+                attended = None
+                for (attention, _), context in zip(tokens, contexts):
+                    result = attention(queries, context.unsqueeze(1))
+                    attended = result if attended is None else attended + result
             chunks.append(attended.view(batch, chunk_frames, height, width, -1).permute(0, 4, 1, 2, 3))
         return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=2)
 
@@ -302,7 +318,13 @@ class TemporalAttention(nn.Module):
         position_bias: Optional[BandedPositionBias] = None,
     ) -> torch.Tensor:
         batch, channels, frames, height, width = hidden_states.shape
-        sequences = self.norm(hidden_states).permute(0, 3, 4, 2, 1).reshape(batch * height * width, frames, channels)
+        if self.norm.fused_kernels:
+            # Permute first: the norm's single pass then also makes the sequence layout.
+            sequences = self.norm.channels_last(hidden_states.permute(0, 3, 4, 2, 1))
+            sequences = sequences.view(batch * height * width, frames, channels)
+        else:
+            sequences = self.norm(hidden_states).permute(0, 3, 4, 2, 1)
+            sequences = sequences.reshape(batch * height * width, frames, channels)
         attended = self.attention(sequences, rotary_emb=rotary_emb, position_bias=position_bias)
         attended = attended.view(batch, height, width, frames, channels).permute(0, 4, 3, 1, 2)
         return hidden_states + attended

@@ -13,6 +13,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import nn
 
+from .attention_processor import DAWNAttention, FusedLocalAttnProcessor, LocalAttnProcessor
 from .embeddings import RelativePositionBias, RotaryEmbedding
 from .unet_3d_blocks import (
     FaceLocationEncoder,
@@ -161,6 +162,25 @@ class UNet3DFlowModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapterMixin)
         )
         self.flow_head = OutputHead3D(2 * base_channels, base_channels, flow_channels, resnet_groups)
         self.occlusion_head = OutputHead3D(2 * base_channels, base_channels, occlusion_channels, resnet_groups)
+
+    def set_fused_kernels(self, enabled: bool = True) -> None:
+        r"""
+        Chooses between the fused forward paths of the blocks (the default: one shared normalisation and projection
+        for the three cross-attentions of a res-block, single-pass layer norms; see `fused_kernels.py`) and the
+        reference paths written as the official model. Both compute the same function with the same parameters; they
+        differ in float32 rounding and in speed (the fused paths are several times faster on CPU). Attentions that
+        run the default [`FusedLocalAttnProcessor`] switch to [`LocalAttnProcessor`] and back; other processors set
+        with `set_attn_processor` are kept.
+        """
+        for module in self.modules():
+            if hasattr(module, "fused_kernels"):
+                module.fused_kernels = enabled
+            processor = getattr(module, "processor", None)
+            if isinstance(module, DAWNAttention) and type(processor) in (LocalAttnProcessor, FusedLocalAttnProcessor):
+                if isinstance(processor, FusedLocalAttnProcessor) != enabled:
+                    replacement = FusedLocalAttnProcessor() if enabled else LocalAttnProcessor()
+                    replacement.__dict__.update(processor.__dict__)  # block size and chunk bound
+                    module.set_processor(replacement)
 
     def time_relative_position_bias(self, num_frames: int) -> torch.Tensor:
         """Dense `(heads, num_frames, num_frames)` temporal bias with `-1e8` outside the window (official layout)."""

@@ -196,7 +196,9 @@ class A2VClipDataset(torch.utils.data.Dataset):
         - `frames` (clip, 3, S, S) in [0, 1] and `reference_image` (3, S, S): LFG inputs for the motion target;
         - `conditions` (clip, A + 8): [HuBERT | pose − reference pose | blink − reference blink];
         - `face_mask` (1, S, S): the reference frame's face box (official `generate_bbox_mask`);
-        - `mouth_mask` (clip, L, L): each frame's lip box at the motion-latent size L = S / `latent_downsampling`.
+        - `mouth_mask` (clip, L, L): each frame's lip box at the motion-latent size L = S / `latent_downsampling`;
+        - `video_index` (), `reference_index` () and `frame_indices` (clip,): where the clip comes from (the keys of
+          [`MotionTargetCache`]).
 
     Args:
         dataset (`datasets.Dataset`): Rows with the `DAWN_DATASET_FEATURES` columns.
@@ -263,6 +265,9 @@ class A2VClipDataset(torch.utils.data.Dataset):
             "conditions": conditions,
             "face_mask": face_mask(face_boxes[reference], resolution)[0],
             "mouth_mask": mouth_mask,
+            "video_index": torch.tensor(int(video_index)),
+            "reference_index": torch.tensor(reference),
+            "frame_indices": index_tensor,
         }
 
 
@@ -306,6 +311,88 @@ def compute_motion_target(lfg: LFGAutoencoder, reference_image: torch.Tensor, fr
     grid = motion.grid.reshape(batch, num_frames, *motion.grid.shape[1:])
     occlusion = motion.occlusion.reshape(batch, num_frames, *motion.occlusion.shape[1:])
     return flow_to_motion_latent(grid.float(), occlusion.float())
+
+
+class MotionTargetCache:
+    r"""
+    In-memory cache of what the frozen LFG computes for training clips, so that each (reference, frame) pair of a
+    video goes through the LFG once instead of at every visit: the motion latent from a reference frame to a frame,
+    keyed by `(video, reference, frame)`, and the source latent of a reference, keyed by `(video, reference)`.
+
+    Exact reuse needs a frozen LFG and fixed frames (no augmentation), which is how [`A2VClipDataset`] trains. Stage-1
+    clips of a video have a fixed reference per clip start, so a video of `N` frames has at most `N · clip` pairs;
+    stage-2 pairs (any reference, any frame) repeat less often. Entries are stored until `max_bytes` is reached;
+    later misses are computed without being stored.
+
+    Args:
+        max_bytes (`int`, defaults to 1 GiB): Bound of the stored tensors.
+    """
+
+    def __init__(self, max_bytes: int = 2**30):
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes must be non-negative, got {max_bytes}")
+        self.max_bytes = max_bytes
+        self.stored_bytes = 0
+        self.motion: Dict[Tuple[int, int, int], torch.Tensor] = {}
+        self.source: Dict[Tuple[int, int], torch.Tensor] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def _store(self, table: dict, key, value: torch.Tensor) -> None:
+        size = value.numel() * value.element_size()
+        if self.stored_bytes + size <= self.max_bytes:
+            table[key] = value
+            self.stored_bytes += size
+
+    @torch.no_grad()
+    def targets(self, lfg: LFGAutoencoder, batch: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        r"""
+        Motion target `(batch, 3, frames, L, L)` and source latent `(batch, C, L, L)` of a collated batch of
+        [`A2VClipDataset`] items, equal to [`compute_motion_target`] and `lfg.encode(reference).latent`; only the
+        pairs not seen before go through the LFG (in one call).
+        """
+        videos = batch["video_index"].tolist()
+        references = batch["reference_index"].tolist()
+        frame_indices = batch["frame_indices"].tolist()
+        motion_keys = [
+            [(video, reference, frame) for frame in frames]
+            for video, reference, frames in zip(videos, references, frame_indices)
+        ]
+        missing = [(b, i) for b, keys in enumerate(motion_keys) for i, key in enumerate(keys) if key not in self.motion]
+        self.misses += len(missing)
+        self.hits += sum(len(keys) for keys in motion_keys) - len(missing)
+        computed = {}
+        if missing:
+            sample_index = torch.tensor([b for b, _ in missing])
+            frame_index = torch.tensor([i for _, i in missing])
+            reference = batch["reference_image"][sample_index].to(lfg.dtype)
+            frames = batch["frames"][sample_index, frame_index].to(lfg.dtype)
+            # One clip of all missing pairs: (1, pairs, 3, S, S) with a per-pair reference.
+            motion = lfg.estimate_motion(reference, frames)
+            latents = flow_to_motion_latent(motion.grid[None].float(), motion.occlusion[None].float())[0]
+            for column, (b, i) in enumerate(missing):
+                computed[(b, i)] = latents[:, column]
+                self._store(self.motion, motion_keys[b][i], latents[:, column].clone())
+        motion_target = torch.stack(
+            [
+                torch.stack([computed[(b, i)] if (b, i) in computed else self.motion[key]
+                             for i, key in enumerate(keys)], dim=1)
+                for b, keys in enumerate(motion_keys)
+            ]
+        )
+
+        source_keys = list(zip(videos, references))
+        new_sources = sorted({b for b, key in enumerate(source_keys) if key not in self.source})
+        encoded = {}
+        if new_sources:
+            latents = lfg.encode(batch["reference_image"][new_sources].to(lfg.dtype)).latent.float()
+            for row, b in enumerate(new_sources):
+                encoded[b] = latents[row]
+                self._store(self.source, source_keys[b], latents[row].clone())
+        source_latent = torch.stack(
+            [encoded[b] if b in encoded else self.source[key] for b, key in enumerate(source_keys)]
+        )
+        return motion_target, source_latent
 
 
 def drop_conditions(
@@ -439,17 +526,26 @@ def a2v_loss(
 
 
 def a2v_batch_loss(
-    unet, lfg: LFGAutoencoder, noise_scheduler, batch: Dict[str, torch.Tensor], **loss_kwargs
+    unet,
+    lfg: LFGAutoencoder,
+    noise_scheduler,
+    batch: Dict[str, torch.Tensor],
+    motion_cache: Optional[MotionTargetCache] = None,
+    **loss_kwargs,
 ) -> A2VLossOutput:
     r"""
     [`a2v_loss`] on a collated batch of [`A2VClipDataset`] items: the frozen LFG gives the motion target and the
-    reference frame's source latent, then the objective is evaluated. `loss_kwargs` go to [`a2v_loss`].
+    reference frame's source latent (through `motion_cache` when given, see [`MotionTargetCache`]), then the
+    objective is evaluated. `loss_kwargs` go to [`a2v_loss`].
     """
     reference = batch["reference_image"].to(lfg.dtype)
     # The frozen LFG runs outside any mixed-precision autocast: its region SVDs and sampling grids need float32.
     with torch.no_grad(), torch.autocast(device_type=reference.device.type, enabled=False):
-        motion_target = compute_motion_target(lfg, reference, batch["frames"].to(lfg.dtype))
-        source_latent = lfg.encode(reference).latent.float()
+        if motion_cache is not None:
+            motion_target, source_latent = motion_cache.targets(lfg, batch)
+        else:
+            motion_target = compute_motion_target(lfg, reference, batch["frames"].to(lfg.dtype))
+            source_latent = lfg.encode(reference).latent.float()
     return a2v_loss(
         unet,
         noise_scheduler,
