@@ -12,6 +12,7 @@ from ..models.pbnet import PBNetModel
 from ..models.unet_3d_flow import UNet3DFlowModel
 from ..pipelines.pipeline_dawn import DAWNPipeline
 from ..schedulers.scheduling_dawn_ddim import DAWNDDIMScheduler
+from ..utils.io import atomic_folder
 from .common import CheckpointConversionError, load_official_checkpoint
 from .lfg import convert_lfg_file
 from .pbnet import convert_pbnet_file
@@ -205,7 +206,8 @@ def convert_official_checkpoints(
             next to each checkpoint is used when present).
         resolution (*optional*): Frame size, 128 or 256. The two releases have identical weight shapes, so by
             default it is read from the file names (`DAWN_256.pth` → 256) and is 128 when they name none.
-        overwrite (`bool`, defaults to `False`): Allow writing into a non-empty `output_dir`.
+        overwrite (`bool`, defaults to `False`): Replace a non-empty `output_dir` (only once the new pipeline is
+            completely written).
 
     Returns:
         [`DAWNPipeline`]: the converted pipeline (CPU, float32).
@@ -273,5 +275,8 @@ def convert_official_checkpoints(
         _step(7, "Done (nothing written: no output folder given)")
     else:
         _step(7, f"Writing the pipeline to {output_dir}")
-        pipeline.save_pretrained(output_dir)
+        # Written beside the target and moved into place when complete, so a failed or interrupted write leaves the
+        # previous folder (if any) as it was.
+        with atomic_folder(output_dir) as partial:
+            pipeline.save_pretrained(partial)
     return pipeline
