@@ -268,8 +268,8 @@ class FaceAnalyzer:
         if self._backend is None:
             from .face_detectors import select_backend
 
+            # select_backend says which backend runs (and why others were skipped).
             self._backend = select_backend(self._backend_spec)
-            logger.info(f"Face analysis uses the {self._backend.name} backend.")
         return self._backend
 
     def analyze(
