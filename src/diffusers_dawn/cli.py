@@ -151,10 +151,30 @@ def load_pipeline(model: str, torch_dtype=None):
     return pipe
 
 
+def face_box_argument(text: str):
+    """`--face-box x0,y0,x1,y1` (pixels of the portrait) → the pipeline's `face_box` [x_min, x_max, y_min, y_max]."""
+    try:
+        x0, y0, x1, y1 = (float(value) for value in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected four comma-separated pixel coordinates x0,y0,x1,y1 (e.g. 120,80,360,400), got {text!r}"
+        ) from None
+    if not (x1 > x0 and y1 > y0):
+        raise argparse.ArgumentTypeError(f"x1 must be greater than x0 and y1 greater than y0, got {text!r}")
+    return [x0, x1, y0, y1]
+
+
 def generate_command(args: argparse.Namespace) -> int:
     """`diffusers-dawn generate`: portrait + speech → MP4 with the speech muxed in."""
-    if not args.output.lower().endswith(VIDEO_EXTENSIONS):
-        raise CommandError(f"--output must be an .mp4 file, got {args.output!r}")
+    from .utils.io import check_output_file
+
+    # The output is checked first: nothing else must run (least of all a model load) if it cannot be written.
+    check_output_file(
+        args.output,
+        VIDEO_EXTENSIONS,
+        inputs={"--image": args.image, "--audio": args.audio, "--pose-from": args.pose_from},
+        overwrite=args.overwrite,
+    )
     if args.steps < 1:
         raise CommandError(f"--steps must be at least 1, got {args.steps}")
     model = resolve_model(args.model)
@@ -163,6 +183,7 @@ def generate_command(args: argparse.Namespace) -> int:
     import torch
 
     from .processing.audio import AUDIO_SAMPLING_RATE, load_audio
+    from .processing.face import NoFaceError
     from .processing.image import load_image
     from .processing.video import VideoReadError, export_to_video_with_audio
 
@@ -182,16 +203,25 @@ def generate_command(args: argparse.Namespace) -> int:
     # A CPU generator draws the same noise for a seed whatever the device the models run on.
     generator = torch.Generator("cpu").manual_seed(args.seed)
     started = time.perf_counter()
-    output = pipe(
-        image=image,
-        audio=speech,
-        sampling_rate=AUDIO_SAMPLING_RATE,
-        driving_video=args.pose_from,
-        num_inference_steps=args.steps,
-        guidance_scale=args.guidance_scale,
-        generator=generator,
-        output_type="np",
-    )
+    try:
+        output = pipe(
+            image=image,
+            audio=speech,
+            sampling_rate=AUDIO_SAMPLING_RATE,
+            driving_video=args.pose_from,
+            face_box=args.face_box,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance_scale,
+            generator=generator,
+            output_type="np",
+        )
+    except NoFaceError as error:
+        if not error.advice:  # e.g. a driving video without a face: its message already says what to pass
+            raise
+        raise CommandError(
+            f"{error.finding} ({args.image}); pass a photo with a clearly visible, roughly frontal face, or point "
+            "to the face with --face-box x0,y0,x1,y1 (pixels)"
+        ) from None
     frames = output.frames[0]
     path = export_to_video_with_audio(
         frames, args.output, fps=output.fps, audio=output.audio, audio_sampling_rate=output.audio_sampling_rate
@@ -210,7 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROGRAM, description="DAWN talking-head generation with Hugging Face diffusers."
     )
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
+    parser.add_argument(
+        "--debug", action="store_true", help="show full tracebacks, debug logs and third-party library warnings"
+    )
     subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     convert = subcommands.add_parser(
@@ -225,9 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--pbnet-blink", required=True, metavar="PTH", help="pbnet_seperate/blink/checkpoint_*.pth.tar")
     convert.add_argument(
         "--hubert",
+        required=True,
         metavar="DIR",
-        help="folder with facebook/hubert-large-ls960-ft saved by save_pretrained (model + feature extractor); "
-        "required",
+        help="folder with facebook/hubert-large-ls960-ft saved by save_pretrained (model + feature extractor; "
+        "the official checkpoints do not contain it): `huggingface-cli download facebook/hubert-large-ls960-ft "
+        "--local-dir DIR` on a machine with internet access",
     )
     convert.add_argument("--output", required=True, metavar="DIR", help="pipeline folder to write")
     convert.add_argument(
@@ -240,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument(
         "--resolution", type=int, choices=(128, 256), help="frame size (default: from the file names, else 128)"
     )
-    convert.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+    convert.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder (once the new one is complete)")
     _add_debug_option(convert)
     convert.set_defaults(handler=convert_command)
 
@@ -267,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="speech (wav, flac, mp3, m4a or a video; default: a bundled 3 s synthetic speech clip)",
     )
     generate.add_argument("--output", required=True, metavar="OUT.mp4", help="video file to write")
+    generate.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     generate.add_argument("--steps", type=int, default=20, metavar="N", help="denoising steps (default: 20)")
     generate.add_argument(
         "--scheduler",
@@ -282,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--pose-from", metavar="VIDEO", help="take head motion and blinks from this driving video instead of PBNet"
     )
     generate.add_argument(
+        "--face-box",
+        type=face_box_argument,
+        metavar="X0,Y0,X1,Y1",
+        help="where the face is in the portrait (pixels: left, top, right, bottom), when it is not found on its own",
+    )
+    generate.add_argument(
         "--guidance-scale", type=float, default=1.0, metavar="G", help="classifier-free guidance (default: 1, off)"
     )
     _add_debug_option(generate)
@@ -291,16 +332,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_debug_option(subcommand: argparse.ArgumentParser) -> None:
     # Accepted after the subcommand too; SUPPRESS keeps a `--debug` given before it from being reset to False.
-    subcommand.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+    subcommand.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show full tracebacks, debug logs and third-party library warnings",
+    )
 
 
-def _user_errors():
-    """Exception types that mean bad input: reported as one line, without a traceback."""
-    from .processing.face_detectors import FaceBackendUnavailable
-
-    # CheckpointConversionError, NoFaceError, AudioLoadError, ImageLoadError, VideoReadError and CommandError are
-    # ValueErrors; OSError covers missing files and hub ids that cannot be resolved.
-    return (ValueError, OSError, FaceBackendUnavailable)
+def _is_user_error(error: BaseException) -> bool:
+    """Whether an exception means bad input: reported as one line, without a traceback."""
+    # CheckpointConversionError, NoFaceError, AudioLoadError, ImageLoadError, VideoReadError, OutputPathError and
+    # CommandError are ValueErrors; OSError covers missing files and hub ids that cannot be resolved.
+    if isinstance(error, (ValueError, OSError)):
+        return True
+    # Looked up only if face analysis ran (importing it would load diffusers and torch).
+    face_detectors = sys.modules.get(f"{__package__}.processing.face_detectors")
+    return face_detectors is not None and isinstance(error, face_detectors.FaceBackendUnavailable)
 
 
 def _configure_logging(debug: bool):
@@ -327,8 +375,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     restore_logging = _configure_logging(args.debug)
     try:
         return args.handler(args)
-    except _user_errors() as error:
-        if args.debug:
+    except Exception as error:
+        if args.debug or not _is_user_error(error):
             raise
         message = " ".join(str(error).split()) or type(error).__name__
         print(f"{PROGRAM}: error: {message}", file=sys.stderr)

@@ -13,7 +13,7 @@ from ..models.unet_3d_flow import UNet3DFlowModel
 from ..pipelines.pipeline_dawn import DAWNPipeline
 from ..schedulers.scheduling_dawn_ddim import DAWNDDIMScheduler
 from ..utils.io import atomic_folder
-from .common import CheckpointConversionError, load_official_checkpoint
+from .common import CheckpointConversionError, load_official_checkpoint, load_tensors_only
 from .lfg import convert_lfg_file
 from .pbnet import convert_pbnet_file
 from .unet import FACE_LOCATION_KEYS, convert_unet_checkpoint
@@ -69,7 +69,9 @@ def load_face_location_weights(path: "str | os.PathLike") -> Dict[str, torch.Ten
 
             state_dict = load_file(path)
         else:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+            state_dict = load_tensors_only(path)
+    except CheckpointConversionError:
+        raise
     except Exception as error:  # safetensors and torch raise several unrelated types for corrupt files
         raise CheckpointConversionError(
             f"{path}: cannot be read as a safetensors or PyTorch weights file ({type(error).__name__})"

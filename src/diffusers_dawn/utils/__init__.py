@@ -1,3 +1,3 @@
 """Small helpers shared by the package's modules."""
 
-from .io import atomic_file, atomic_folder, atomic_write_text, replace_folder
+from .io import OutputPathError, atomic_file, atomic_folder, atomic_write_text, check_output_file, replace_folder

@@ -9,7 +9,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from typing import Iterator, Union
+from typing import Iterator, Mapping, Optional, Sequence, Union
 
 PathLike = Union[str, os.PathLike]
 PARTIAL_TAG = ".partial"
@@ -96,3 +96,58 @@ def atomic_folder(path: PathLike) -> Iterator[str]:
     except BaseException:
         _remove(partial)
         raise
+
+
+class OutputPathError(ValueError):
+    """An output path that must not or cannot be written; the message names it and says what to do."""
+
+
+def check_output_file(
+    path: PathLike,
+    suffixes: Sequence[str] = (),
+    inputs: Mapping[str, Optional[PathLike]] = None,
+    overwrite: bool = False,
+    option: str = "--output",
+) -> str:
+    """
+    Checks, before any expensive work, that a file can be written at `path`: its suffix is one of `suffixes`, it is
+    not a folder, its folder exists and accepts new files, it is none of `inputs` (name → path; the file would be
+    destroyed), and it does not exist yet unless `overwrite`. Messages name `path` and the command-line `option`.
+
+    Returns:
+        `str`: `path` as given (not resolved).
+
+    Raises:
+        OutputPathError: the first check that fails.
+    """
+    path = os.fspath(path)
+    if suffixes and not path.lower().endswith(tuple(suffix.lower() for suffix in suffixes)):
+        raise OutputPathError(f"{option} must be an {' or '.join(suffixes)} file, got {path!r}")
+    if os.path.isdir(path):
+        example = os.path.join(path, f"video{suffixes[0] if suffixes else ''}")
+        raise OutputPathError(f"{option} {path} is a folder; give a file name, e.g. {example}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise OutputPathError(f"{option} {path}: the folder {folder} does not exist; create it or choose another one")
+    try:
+        # Creating a file is the only reliable test (permissions, ACLs, read-only file systems, full quota).
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise OutputPathError(
+            f"{option} {path}: cannot create files in {folder} ({error.strerror or error}); choose a writable folder"
+        ) from None
+    resolved = os.path.realpath(path)
+    for name, source in (inputs or {}).items():
+        if source is None:
+            continue
+        same = os.path.realpath(os.fspath(source)) == resolved
+        if not same and os.path.exists(path) and os.path.exists(source):
+            same = os.path.samefile(path, source)  # hard links
+        if same:
+            raise OutputPathError(
+                f"{option} {path} is also the {name} input, which writing it would destroy; choose another file"
+            )
+    if os.path.lexists(path) and not overwrite:
+        raise OutputPathError(f"{option} {path} already exists; pass --overwrite to replace it or choose another file")
+    return path
