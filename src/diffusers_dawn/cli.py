@@ -274,7 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument(
         "--resolution", type=int, choices=(128, 256), help="frame size (default: from the file names, else 128)"
     )
-    convert.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder (once the new one is complete)")
+    convert.add_argument(
+        "--overwrite", action="store_true", help="replace a non-empty output folder (once the new one is complete)"
+    )
     _add_debug_option(convert)
     convert.set_defaults(handler=convert_command)
 

@@ -160,7 +160,8 @@ class DAWNDDIMScheduler(SchedulerMixin, ConfigMixin):
         defaults = set(self._internal_dict.get("_use_default_values", []))
         defaults |= {name for name in self._dawn_only_options if self.config[name] == signature[name].default}
         defaults.discard("trained_betas")
-        self._internal_dict = type(self._internal_dict)({**self._internal_dict, "_use_default_values": sorted(defaults)})
+        config = {**self._internal_dict, "_use_default_values": sorted(defaults)}
+        self._internal_dict = type(self._internal_dict)(config)
 
     @staticmethod
     def _official_timesteps(num_train_timesteps: int, num_inference_steps: int) -> np.ndarray:

@@ -456,7 +456,9 @@ def preprocess_videos(
 def assemble_shards(output_dir: Union[str, os.PathLike]) -> datasets.Dataset:
     """Concatenates the finished shards of `output_dir` (sorted by video id) and saves them to `output_dir/dataset`."""
     output_dir = Path(output_dir)
-    shard_dirs = sorted(path for path in (output_dir / SHARDS_FOLDER).iterdir() if path.is_dir() and not path.name.startswith("."))
+    # Hidden names are unfinished writes (see `atomic_folder`).
+    shards = (output_dir / SHARDS_FOLDER).iterdir()
+    shard_dirs = sorted(path for path in shards if path.is_dir() and not path.name.startswith("."))
     if not shard_dirs:
         raise RuntimeError(
             f"no video of the input could be processed (see {output_dir / SKIPPED_FILE} for the reasons)"
