@@ -51,10 +51,12 @@ def test_existing_output_is_kept_without_overwrite(tmp_path, capsys, no_model_lo
     code = generate(output)
     assert_one_error_line(code, capsys.readouterr().err, str(output), "already exists", "--overwrite")
     assert output.read_bytes() == b"an earlier video"
-    # With --overwrite the checks pass and the command goes on to load the model.
+    # With --overwrite the checks pass and the command goes on to load the model; so does a folder to be created.
     with pytest.raises(ModelLoaded):
         generate(output, "--overwrite")
     assert output.read_bytes() == b"an earlier video"
+    with pytest.raises(ModelLoaded):
+        generate(tmp_path / "new" / "folder" / "talking.mp4")
 
 
 def test_output_that_is_an_input_is_refused_even_with_overwrite(speech_video, tmp_path, capsys, no_model_loading):
@@ -75,9 +77,10 @@ def test_unusable_output_paths_fail_before_model_loading(tmp_path, capsys, monke
     folder.mkdir()
     code = generate(folder, "--overwrite")
     assert_one_error_line(code, capsys.readouterr().err, str(folder), "is a folder")
-    missing = tmp_path / "no-such-folder" / "out.mp4"
-    code = generate(missing)
-    assert_one_error_line(code, capsys.readouterr().err, str(missing), "does not exist")
+    under_a_file = tmp_path / "notes.txt" / "out.mp4"
+    (tmp_path / "notes.txt").write_text("a file")
+    code = generate(under_a_file)
+    assert_one_error_line(code, capsys.readouterr().err, str(under_a_file), "is a file, not a folder")
     code = generate(tmp_path / "out.gif")
     assert_one_error_line(code, capsys.readouterr().err, "--output must be an .mp4 file")
 
@@ -89,7 +92,7 @@ def test_unusable_output_paths_fail_before_model_loading(tmp_path, capsys, monke
     code = generate(tmp_path / "out.mp4")
     assert_one_error_line(code, capsys.readouterr().err, str(tmp_path / "out.mp4"), "cannot create files in",
                           "Permission denied")
-    assert os.listdir(tmp_path) == ["videos.mp4"]
+    assert sorted(os.listdir(tmp_path)) == ["notes.txt", "videos.mp4"]
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root may write into read-only folders")

@@ -111,7 +111,8 @@ def check_output_file(
 ) -> str:
     """
     Checks, before any expensive work, that a file can be written at `path`: its suffix is one of `suffixes`, it is
-    not a folder, its folder exists and accepts new files, it is none of `inputs` (name → path; the file would be
+    not a folder, its folder (or the nearest existing parent, when folders are to be created) is a folder that accepts
+    new files, it is none of `inputs` (name → path; the file would be
     destroyed), and it does not exist yet unless `overwrite`. Messages name `path` and the command-line `option`.
 
     Returns:
@@ -126,9 +127,12 @@ def check_output_file(
     if os.path.isdir(path):
         example = os.path.join(path, f"video{suffixes[0] if suffixes else ''}")
         raise OutputPathError(f"{option} {path} is a folder; give a file name, e.g. {example}")
+    # Missing folders are created by the writers; the nearest existing one must be a folder that accepts files.
     folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
     if not os.path.isdir(folder):
-        raise OutputPathError(f"{option} {path}: the folder {folder} does not exist; create it or choose another one")
+        raise OutputPathError(f"{option} {path}: {folder} is a file, not a folder; choose another path")
     try:
         # Creating a file is the only reliable test (permissions, ACLs, read-only file systems, full quota).
         with tempfile.TemporaryFile(dir=folder):
