@@ -1,6 +1,7 @@
 """The `diffusers-dawn` command: `convert` official checkpoints into a pipeline folder, `generate` talking-head videos."""
 
 import argparse
+import contextlib
 import logging as python_logging
 import os
 import sys
@@ -374,6 +375,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the `diffusers-dawn` console script; returns the exit status (2 for bad input)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    with contextlib.ExitStack() as stack:
+        if not args.debug:
+            from .utils.quiet import native_stderr_hidden
+
+            stack.enter_context(native_stderr_hidden())
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     restore_logging = _configure_logging(args.debug)
     try:
         return args.handler(args)

@@ -7,6 +7,7 @@ into such libraries run inside [`third_party_output_silenced`], unless the packa
 """
 
 import contextlib
+import io
 import logging
 import os
 import sys
@@ -45,3 +46,32 @@ def third_party_output_silenced() -> Iterator[None]:
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+
+
+@contextlib.contextmanager
+def native_stderr_hidden() -> Iterator[None]:
+    """
+    For a whole command: Python keeps writing to the terminal (`sys.stderr` moves to a copy of the descriptor), while
+    whatever native libraries write to file descriptor 2 goes to the null device. MediaPipe's graph threads can log
+    after the calls that [`third_party_output_silenced`] covers (e.g. when a graph is closed). Does nothing when
+    `sys.stderr` is not the process's own stderr (e.g. captured by a test runner).
+    """
+    try:
+        if sys.stderr is None or sys.stderr.fileno() != 2:
+            raise ValueError("stderr is not file descriptor 2")
+        sys.stderr.flush()
+        terminal = os.dup(2)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        yield
+        return
+    previous = sys.stderr
+    sys.stderr = os.fdopen(terminal, "w", buffering=1, encoding=previous.encoding, errors=previous.errors)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(terminal, 2)
+        sys.stderr.close()
+        sys.stderr = previous
