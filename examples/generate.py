@@ -23,7 +23,7 @@ def main():
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.float16 if device == "cuda" else torch.float32
-    pipe = DAWNPipeline.from_pretrained(args.model, torch_dtype=dtype).to(device)
+    pipe = DAWNPipeline.from_pretrained(args.model, dtype=dtype).to(device)
     result = pipe(
         image=args.image,
         audio=args.audio,

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# The official parity fixtures live beside the checkout (../shared); DAWN_FIXTURES overrides the location.
-FIXTURES = Path(os.environ.get("DAWN_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures" / "official"))
+# The official parity fixtures ship with the tests (see their README); DAWN_FIXTURES points to another copy.
+FIXTURES = Path(os.environ.get("DAWN_FIXTURES", REPO_ROOT / "tests" / "fixtures" / "official"))
 
 
 @pytest.fixture(scope="session")

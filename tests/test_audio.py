@@ -8,6 +8,7 @@ import torch
 from diffusers.utils import logging as diffusers_logging
 
 from diffusers_dawn.processing.audio import (
+    AUDIO_SAMPLING_RATE,
     AudioLoadError,
     compute_hubert_features,
     interpolate_features,
@@ -217,3 +218,67 @@ def test_hubert_rejects_audio_shorter_than_one_frame(tiny_hubert):
     model, extractor = tiny_hubert
     with pytest.raises(AudioLoadError, match="shorter than one video frame"):
         compute_hubert_features(np.zeros(500, np.float32), model, extractor)
+
+
+SPEECH_SECONDS = 6.69  # floor(6.69 × 25) = 167 frames; a codec's priming or padding would make it 168
+BURST_SECONDS = 1.5
+
+
+def speech_with_a_burst(rate):
+    time = np.arange(int(round(SPEECH_SECONDS * rate))) / rate
+    voice = 0.02 * np.sin(2 * np.pi * 220 * time)
+    burst = (time >= BURST_SECONDS) & (time < BURST_SECONDS + 0.05)
+    voice[burst] += 0.6 * np.sin(2 * np.pi * 1000 * time[burst])
+    return voice.astype(np.float32)
+
+
+def write_with_pyav(path, codec, rate, layout="mono", video=False):
+    import av
+
+    voice = speech_with_a_burst(rate)
+    channels = np.stack([voice, voice]) if layout == "stereo" else voice[None]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.layout = layout
+        picture = container.add_stream("libx264", rate=25) if video else None
+        if picture is not None:
+            picture.width, picture.height, picture.pix_fmt = 32, 32, "yuv420p"
+            for index in range(int(SPEECH_SECONDS * 25)):
+                frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), index % 255, np.uint8), format="rgb24")
+                frame.pts = index
+                for packet in picture.encode(frame):
+                    container.mux(packet)
+            for packet in picture.encode():
+                container.mux(packet)
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(channels), format="fltp", layout=layout)
+        frame.sample_rate, frame.pts = rate, 0
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def burst_onset_seconds(waveform, rate=AUDIO_SAMPLING_RATE):
+    return int(np.argmax(np.abs(waveform) > 0.3)) / rate
+
+
+def test_every_format_gives_the_frames_and_timing_of_the_speech_itself(tmp_path):
+    # Lossy codecs add priming samples before and padding after the speech; only the speech may count.
+    files = {
+        "wav": ("pcm_s16le", 16000, "mono", False),
+        "flac": ("flac", 22050, "mono", False),
+        "mp3": ("libmp3lame", 44100, "stereo", False),
+        "m4a": ("aac", 44100, "stereo", False),
+        "mp4": ("aac", 48000, "mono", True),  # the audio track of a video
+    }
+    frames, onsets = {}, {}
+    for suffix, (codec, rate, layout, video) in files.items():
+        path = tmp_path / f"speech.{suffix}"
+        write_with_pyav(path, codec, rate, layout, video)
+        waveform = load_audio(path)
+        frames[suffix] = num_video_frames(len(waveform), AUDIO_SAMPLING_RATE)
+        onsets[suffix] = burst_onset_seconds(waveform)
+        assert len(waveform) == pytest.approx(SPEECH_SECONDS * AUDIO_SAMPLING_RATE, abs=2), suffix
+    assert set(frames.values()) == {int(SPEECH_SECONDS * 25)}, frames
+    assert max(onsets.values()) - min(onsets.values()) < 0.010, onsets
+    assert all(abs(onset - BURST_SECONDS) < 0.010 for onset in onsets.values()), onsets

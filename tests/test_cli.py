@@ -134,7 +134,8 @@ def test_image_without_a_face_is_one_error_line(model_folder, inputs, tmp_path, 
     arguments = generate_arguments(model_folder, inputs, tmp_path / "out.mp4")
     arguments[arguments.index("--image") + 1] = str(blank)
     code = main(arguments)
-    assert_one_error_line(code, capsys.readouterr().err, "face")
+    line = assert_one_error_line(code, capsys.readouterr().err, "no face found", str(blank), "--face-box x0,y0,x1,y1")
+    assert "face_landmarks=" not in line  # a pipeline argument the command line does not have
     assert not (tmp_path / "out.mp4").exists()
 
 
@@ -163,6 +164,7 @@ def test_embedded_model_names_resolve_to_package_folders(monkeypatch):
         resolve_model("demo")
 
 
+@pytest.mark.slow
 def test_demo_runs_with_no_arguments_but_the_output(tmp_path, capsys):
     """The README's first command: the tiny random pipeline on the bundled portrait and 3 s speech clip."""
     output = tmp_path / "demo.mp4"

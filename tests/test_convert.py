@@ -181,7 +181,29 @@ def test_swapped_pose_and_blink_networks_are_refused(official_files, tmp_path, c
 def test_without_hubert_nothing_is_written_and_the_user_is_told_what_to_pass(official_files, tmp_path, capsys):
     output = tmp_path / "out"
     code, _, stderr = run_cli(capsys, convert_arguments(official_files, output, hubert=None))
-    assert_one_error_line(code, stderr, "facebook/hubert-large-ls960-ft", "--hubert DIR")
+    assert_one_error_line(code, stderr, "convert needs --hubert DIR", "--from-hub")
+    assert not output.exists()
+    # `--help` shows it among the required options of the local-files form (no brackets) and says where to get it.
+    with pytest.raises(SystemExit):
+        main(["convert", "--help"])
+    usage = capsys.readouterr().out
+    assert " --hubert DIR " in usage.split("\n\n")[0] and "[--hubert" not in usage
+    assert "facebook/hubert-large-ls960-ft" in usage
+    files = {name: official_files[name] for name in ("lfg", "dawn", "pbnet_pose", "pbnet_blink")}
+    with pytest.raises(CheckpointConversionError, match="facebook/hubert-large-ls960-ft.*--hubert DIR"):
+        convert_official_checkpoints(**{f"{name}_path": path for name, path in files.items()}, output_dir=output)
+    assert not output.exists()
+
+
+def test_pickle_with_code_is_refused_for_safety(official_files, tmp_path, capsys):
+    import argparse
+
+    holds_objects = tmp_path / "DAWN_tiny.pth"
+    torch.save({"diffusion": {}, "args": argparse.Namespace(lr=1e-4)}, holds_objects)
+    output = tmp_path / "out"
+    code, _, stderr = run_cli(capsys, convert_arguments(official_files, output, dawn=holds_objects))
+    line = assert_one_error_line(code, stderr, str(holds_objects), "refused for safety", "argparse.Namespace")
+    assert "weights_only" not in line and "truncated" not in line
     assert not output.exists()
 
 

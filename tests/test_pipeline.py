@@ -71,6 +71,7 @@ def test_portrait_and_speech_to_video(pipe, portrait):
     assert np.isfinite(result.pose).all()
 
 
+@pytest.mark.slow
 def test_seeded_generator_is_deterministic(pipe):
     first = conditioned_call(pipe).frames
     second = conditioned_call(pipe).frames
@@ -79,6 +80,7 @@ def test_seeded_generator_is_deterministic(pipe):
     assert np.abs(first - other).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_pose_and_blink_sampled_from_generator(pipe):
     first = conditioned_call(pipe, output_type="latent")
     second = conditioned_call(pipe, output_type="latent")
@@ -88,6 +90,7 @@ def test_pose_and_blink_sampled_from_generator(pipe):
     assert first.pose.shape == (6, 6)
 
 
+@pytest.mark.slow
 def test_output_types_agree(pipe):
     as_np = conditioned_call(pipe, output_type="np").frames
     as_pt = conditioned_call(pipe, output_type="pt").frames
@@ -97,6 +100,7 @@ def test_output_types_agree(pipe):
     np.testing.assert_array_equal(np.asarray(as_pil[0][2]), (as_np[0, 2] * 255).astype(np.uint8))
 
 
+@pytest.mark.slow
 def test_return_tuple(pipe):
     as_dict = conditioned_call(pipe)
     as_tuple = conditioned_call(pipe, return_dict=False)
@@ -104,6 +108,7 @@ def test_return_tuple(pipe):
     np.testing.assert_array_equal(as_tuple[1], as_dict.pose)
 
 
+@pytest.mark.slow
 def test_given_pose_and_blink_are_used(pipe):
     pose = np.tile([5.0, -3.0, 1.0, 4.8e-4, 56.0, 65.0], (6, 1))
     blink = np.full((6, 2), 0.1)
@@ -112,6 +117,7 @@ def test_given_pose_and_blink_are_used(pipe):
     np.testing.assert_allclose(result.blink, blink, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_callback_on_step_end_sees_and_replaces_latents(pipe):
     seen = []
 
@@ -125,6 +131,7 @@ def test_callback_on_step_end_sees_and_replaces_latents(pipe):
     torch.testing.assert_close(result.frames, torch.zeros_like(result.frames))
 
 
+@pytest.mark.slow
 def test_save_and_load_round_trip(pipe, tmp_path):
     pipe.save_pretrained(tmp_path)
     reloaded = DAWNPipeline.from_pretrained(tmp_path)

@@ -93,6 +93,7 @@ def dawn_sampler_moments(scheduler: DAWNDDIMScheduler, steps: int):
         (UniPCMultistepScheduler, 25, {}),
     ],
 )
+@pytest.mark.slow
 def test_swapped_scheduler_recovers_gaussian_data(scheduler_class, steps, extra):
     from diffusers_dawn import DAWNPipeline
 

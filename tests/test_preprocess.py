@@ -33,6 +33,7 @@ def _preprocess_args(videos, output, resolution=32, workers=1):
             "--tiny-hubert-seed", "0", "--landmarks", "sidecar", "--num_workers", str(workers)]
 
 
+@pytest.mark.slow
 def test_rows_follow_the_schema_at_25_fps(tiny_dataset_root):
     dataset = load_dawn_dataset(tiny_dataset_root / "data")
     assert set(dataset.column_names) == set(DAWN_DATASET_FEATURES)
@@ -56,6 +57,7 @@ def test_rows_follow_the_schema_at_25_fps(tiny_dataset_root):
         assert np.isfinite(np.asarray(row["hubert"])).all()
 
 
+@pytest.mark.slow
 def test_pose_eyes_and_boxes_match_the_ground_truth(tiny_dataset_root):
     dataset = load_dawn_dataset(tiny_dataset_root / "data")
     for row in dataset:
@@ -102,6 +104,7 @@ def test_other_frame_rates_and_sizes_are_resampled_to_25_fps(tmp_path):
     np.testing.assert_allclose(np.asarray(row["pose"])[:, :3], clip.rotation[kept], atol=1e-3)
 
 
+@pytest.mark.slow
 def test_corrupt_videos_are_skipped_and_reported_and_reruns_resume(tmp_path, caplog):
     videos = tmp_path / "videos"
     write_tiny_videos(videos, num_videos=1, seed=3)

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from diffusers_dawn import DAWNPipeline
@@ -12,6 +13,7 @@ from _a2v_utils import single_thread  # noqa: F401
 from _training_utils import load_repository_script
 
 
+@pytest.mark.slow
 def test_smoke_recipe_trains_all_models_and_assembles_a_pipeline(tmp_path):
     recipe = load_repository_script("training/recipes/synthetic_demo.py")
     assert recipe.main(["--output_dir", str(tmp_path), "--smoke"]) == 0

@@ -254,6 +254,7 @@ def test_a2v_loss_is_the_weighted_sum_of_its_recomputed_parts():
     assert output.loss.requires_grad
 
 
+@pytest.mark.slow
 def test_overfits_one_batch():
     unet = tiny_unet()
     scheduler = DDPMScheduler(beta_schedule="squaredcos_cap_v2")
@@ -311,6 +312,7 @@ def _common_args(dataset_dir, model_dir, output_dir):
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_stage1_resumes_exactly_and_stage2_starts_from_stage1(scripts, tiny_dataset_dir, tiny_model_dir, tmp_path):
     stage1 = tmp_path / "stage1"
     args = _common_args(tiny_dataset_dir, tiny_model_dir, stage1) + ["--stage", "1", "--checkpointing_steps", "2"]
@@ -346,6 +348,7 @@ def test_stage1_resumes_exactly_and_stage2_starts_from_stage1(scripts, tiny_data
     assert frames.shape[0] == 6 and fps == 25
 
 
+@pytest.mark.slow
 def test_train_lora_saves_only_adapter_weights_that_change_the_model(
     scripts, tiny_dataset_dir, tiny_model_dir, tmp_path
 ):

@@ -145,6 +145,7 @@ def test_frame_pairs_are_reproducible_by_key(tiny_dataset):
 
 
 # -- learning ---------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_overfits_one_fixed_batch(random_vgg):
     clip = generate_synthetic_clip(0, num_frames=20, resolution=32)
     frames = torch.from_numpy(clip.frames).permute(0, 3, 1, 2).float() / 255
@@ -174,6 +175,7 @@ def _script_args(dataset, output_dir, config_path, max_steps, *extra):
     ]
 
 
+@pytest.mark.slow
 def test_script_trains_checkpoints_and_resumes_exactly(tiny_dataset, tmp_path):
     train_lfg = load_training_script("train_lfg")
     config_path = tmp_path / "tiny_lfg.json"
@@ -215,6 +217,7 @@ def test_script_rejects_conflicting_model_sources(tiny_dataset, tmp_path):
                               "--lfg_config", "a.json", "--pretrained_model_name_or_path", "b"])
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_gives_the_same_training(tiny_dataset, tmp_path):
     train_lfg = load_training_script("train_lfg")
     config_path = tmp_path / "tiny_lfg.json"

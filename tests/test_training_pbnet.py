@@ -148,6 +148,7 @@ def test_collate_pads_with_zeros_and_records_lengths():
 
 
 # -- learning ---------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("state", ["pose", "blink"])
 def test_overfits_one_fixed_batch(state):
     generator = torch.Generator().manual_seed(4)
@@ -194,6 +195,7 @@ def _script_args(state, dataset, output_dir, config_path, max_steps, *extra):
         ("blink", ["--train_batch_size", "1", "--window_frames", "30", "--checkpointing_steps", "3"], 3),
     ],
 )
+@pytest.mark.slow
 def test_script_trains_checkpoints_and_resumes_exactly(tiny_dataset, tmp_path, state, options, checkpoint_step):
     train_pbnet = load_training_script("train_pbnet")
     config = dict(TINY_PBNET_CONFIG)
@@ -246,6 +248,7 @@ def test_script_checks_the_model_against_the_state_and_the_data(tiny_dataset, tm
                                             "--window_frames", "10"))
 
 
+@pytest.mark.slow
 def test_script_pushes_the_trained_model_to_the_hub(tiny_dataset, tmp_path):
     from diffusers_dawn.testing.hub_server import HubServer
 
@@ -269,6 +272,7 @@ def test_script_pushes_the_trained_model_to_the_hub(tiny_dataset, tmp_path):
         assert torch.equal(value, local[key]), key
 
 
+@pytest.mark.slow
 def test_script_runs_under_accelerate_launch_with_bf16(tiny_dataset, tmp_path):
     import subprocess
     import sys

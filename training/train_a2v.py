@@ -48,6 +48,7 @@ from diffusers_dawn.training.a2v_trainer import (
     a2v_batch_loss,
     collate_a2v_clips,
 )
+from diffusers_dawn.utils.io import atomic_folder
 
 
 logger = logging.getLogger("train_a2v")
@@ -259,7 +260,8 @@ class A2VModelAdapter:
 
     def save_final(self, unet: UNet3DFlowModel, args) -> Path:
         folder = Path(args.output_dir) / UNET_FOLDER
-        unet.save_pretrained(folder)
+        with atomic_folder(folder) as partial:
+            unet.save_pretrained(partial)
         return folder
 
     hub_allow_patterns = None  # the whole `unet` folder

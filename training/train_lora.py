@@ -30,6 +30,7 @@ from train_a2v import A2VModelAdapter, build_parser, finalize_args, train  # noq
 from diffusers_dawn.loaders import DAWNLoraLoaderMixin  # noqa: E402
 from diffusers_dawn.loaders.lora import LORA_TARGET_SUFFIXES, lora_target_modules  # noqa: E402
 from diffusers_dawn.models.unet_3d_flow import UNet3DFlowModel  # noqa: E402
+from diffusers_dawn.utils.io import atomic_file  # noqa: E402
 
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -50,12 +51,12 @@ class LoraModelAdapter(A2VModelAdapter):
         unet.add_adapter(self.config)
         return [parameter for parameter in unet.parameters() if parameter.requires_grad]
 
-    def _save(self, unet: UNet3DFlowModel, folder) -> Path:
+    def _save(self, unet: UNet3DFlowModel, folder, weight_name: str = LORA_WEIGHT_NAME) -> Path:
         DAWNLoraLoaderMixin.save_lora_weights(
             folder,
             unet_lora_layers=get_peft_model_state_dict(unet),
             unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
-            weight_name=LORA_WEIGHT_NAME,
+            weight_name=weight_name,
         )
         return Path(folder)
 
@@ -72,7 +73,10 @@ class LoraModelAdapter(A2VModelAdapter):
             raise ValueError(f"the checkpoint in {folder} has LoRA weights this adapter lacks: {unexpected[:3]}")
 
     def save_final(self, unet: UNet3DFlowModel, args) -> Path:
-        return self._save(unet, args.output_dir)
+        # Written under a temporary name beside the final file and renamed when complete.
+        with atomic_file(Path(args.output_dir) / LORA_WEIGHT_NAME) as partial:
+            self._save(unet, os.path.dirname(partial), weight_name=os.path.basename(partial))
+        return Path(args.output_dir)
 
     model_card_tags = A2VModelAdapter.model_card_tags + ["lora"]
     hub_allow_patterns = [LORA_WEIGHT_NAME]

@@ -57,6 +57,7 @@ from diffusers_dawn.training.pbnet_trainer import (
     kl_weight,
     pbnet_loss,
 )
+from diffusers_dawn.utils.io import atomic_write_text
 
 
 logger = logging.getLogger("train_pbnet")
@@ -155,7 +156,7 @@ def log_validation(pbnet, dataset, args, accelerator, step: int) -> dict:
               "finite": bool(torch.isfinite(generated).all())}
     folder = Path(args.output_dir) / "validation"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"step-{step:06d}.json").write_text(json.dumps(report, indent=2))
+    atomic_write_text(folder / f"step-{step:06d}.json", json.dumps(report, indent=2))
     logs = {}
     for channel in range(generated.shape[1]):
         logs[f"validation/std_ratio_{channel}"] = report["generated"]["std"][channel] / max(report["ground_truth"]["std"][channel], 1e-8)

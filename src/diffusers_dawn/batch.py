@@ -40,6 +40,8 @@ class RenderSettings:
     feather: float = 0.1
     color_match: bool = False
     max_size: Optional[int] = None
+    # [x_min, x_max, y_min, y_max] of the face in the portrait's pixels, when detection cannot find it.
+    face_box: Optional[list] = None
 
 
 @dataclass
@@ -155,6 +157,7 @@ def render_video(pipe, image, audio, output_path: str, settings: RenderSettings,
         audio=audio,
         sampling_rate=sampling_rate,
         driving_video=settings.pose_from,
+        face_box=settings.face_box,
         num_inference_steps=settings.steps,
         guidance_scale=settings.guidance_scale,
         generator=generator,

@@ -1,6 +1,7 @@
 """The `diffusers-dawn` command: `convert` official checkpoints into a pipeline folder, `generate` talking-head videos."""
 
 import argparse
+import contextlib
 import logging as python_logging
 import os
 import sys
@@ -43,6 +44,11 @@ def convert_command(args: argparse.Namespace) -> int:
         raise CommandError(
             f"convert needs --from-hub REPO (e.g. --from-hub Hanbo-Cheng/DAWN) or the four official checkpoint files "
             f"(missing: {', '.join(missing)})"
+        )
+    if args.hubert is None:
+        raise CommandError(
+            "convert needs --hubert DIR: facebook/hubert-large-ls960-ft saved by save_pretrained (the official "
+            "checkpoints do not contain it), or --from-hub REPO, which downloads it"
         )
     if args.push_to_hub is not None:
         raise CommandError("--push-to-hub needs --from-hub REPO (the model card records the Hub source)")
@@ -196,6 +202,19 @@ def load_pipeline(model: str, torch_dtype=None):
     return pipe
 
 
+def face_box_argument(text: str):
+    """`--face-box x0,y0,x1,y1` (pixels of the portrait) → the pipeline's `face_box` [x_min, x_max, y_min, y_max]."""
+    try:
+        x0, y0, x1, y1 = (float(value) for value in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected four comma-separated pixel coordinates x0,y0,x1,y1 (e.g. 120,80,360,400), got {text!r}"
+        ) from None
+    if not (x1 > x0 and y1 > y0):
+        raise argparse.ArgumentTypeError(f"x1 must be greater than x0 and y1 greater than y0, got {text!r}")
+    return [x0, x1, y0, y1]
+
+
 def prepare_pipeline(model: str, args: argparse.Namespace, device, torch_dtype):
     """The pipeline for `generate`: loaded, with the `--scheduler` swapped in, on `device`, showing progress."""
     print(f"Loading {model} ({str(torch_dtype).replace('torch.', '')} on {device})", file=sys.stderr)
@@ -228,6 +247,7 @@ def render_settings(args: argparse.Namespace):
         feather=args.feather,
         color_match=args.color_match,
         max_size=args.max_size,
+        face_box=args.face_box,
     )
 
 
@@ -239,14 +259,22 @@ def generate_command(args: argparse.Namespace) -> int:
         return run_batch_command(args)
     if args.output is None:
         raise CommandError("--output is required (or --batch JOBS.csv for many videos)")
-    if not args.output.lower().endswith(VIDEO_EXTENSIONS):
-        raise CommandError(f"--output must be an .mp4 file, got {args.output!r}")
+    from .utils.io import check_output_file
+
+    # The output is checked first: nothing else must run (least of all a model load) if it cannot be written.
+    check_output_file(
+        args.output,
+        VIDEO_EXTENSIONS,
+        inputs={"--image": args.image, "--audio": args.audio, "--pose-from": args.pose_from},
+        overwrite=args.overwrite,
+    )
     settings = render_settings(args)
     model = resolve_model(args.model)
     device, torch_dtype = resolve_device_and_dtype(args.device, args.dtype)
 
     from .batch import render_video
     from .processing.audio import AUDIO_SAMPLING_RATE, load_audio
+    from .processing.face import NoFaceError
     from .processing.image import load_image
     from .processing.video import VideoReadError
 
@@ -258,7 +286,15 @@ def generate_command(args: argparse.Namespace) -> int:
 
     pipe = prepare_pipeline(model, args, device, torch_dtype)
     started = time.perf_counter()
-    video = render_video(pipe, image, speech, args.output, settings, sampling_rate=AUDIO_SAMPLING_RATE)
+    try:
+        video = render_video(pipe, image, speech, args.output, settings, sampling_rate=AUDIO_SAMPLING_RATE)
+    except NoFaceError as error:
+        if not error.advice:  # e.g. a driving video without a face: its message already says what to pass
+            raise
+        raise CommandError(
+            f"{error.finding} ({args.image}); pass a photo with a clearly visible, roughly frontal face, or point "
+            "to the face with --face-box x0,y0,x1,y1 (pixels)"
+        ) from None
     print(
         f"Wrote {video.path}: {video.num_frames} frames at {video.fps:g} fps ({video.seconds:.2f} s), "
         f"{video.width}x{video.height}, with audio; generated in {time.perf_counter() - started:.1f} s"
@@ -290,11 +326,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROGRAM, description="DAWN talking-head generation with Hugging Face diffusers."
     )
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
+    parser.add_argument(
+        "--debug", action="store_true", help="show full tracebacks, debug logs and third-party library warnings"
+    )
     subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     convert = subcommands.add_parser(
         "convert",
+        # Two forms: --hubert is required with local checkpoint files; --from-hub downloads everything itself.
+        usage=f"{PROGRAM} convert --lfg PTH --dawn PTH --pbnet-pose PTH --pbnet-blink PTH --hubert DIR --output DIR "
+        f"[options]\n       {PROGRAM} convert --from-hub REPO --output DIR [options]",
         help="convert the official DAWN checkpoints into a pipeline folder",
         description="Convert the official DAWN release (LFG, DAWN A2V-FDM, pose and blink PBNets) plus HuBERT into "
         "a folder that DAWNPipeline.from_pretrained loads.",
@@ -324,8 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument(
         "--hubert",
         metavar="DIR",
-        help="folder with facebook/hubert-large-ls960-ft saved by save_pretrained (model + feature extractor); "
-        "required unless --from-hub downloads it",
+        help="required: folder with facebook/hubert-large-ls960-ft saved by save_pretrained (model + feature "
+        "extractor; the official checkpoints do not contain it), e.g. `huggingface-cli download "
+        "facebook/hubert-large-ls960-ft --local-dir DIR`; with --from-hub it is downloaded instead",
     )
     convert.add_argument("--output", required=True, metavar="DIR", help="pipeline folder to write")
     convert.add_argument(
@@ -338,7 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument(
         "--resolution", type=int, choices=(128, 256), help="frame size (default: from the file names, else 128)"
     )
-    convert.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+    convert.add_argument(
+        "--overwrite", action="store_true", help="replace a non-empty output folder (once the new one is complete)"
+    )
     _add_debug_option(convert)
     convert.set_defaults(handler=convert_command)
 
@@ -378,6 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.add_argument(
         "--pose-from", metavar="VIDEO", help="take head motion and blinks from this driving video instead of PBNet"
+    )
+    generate.add_argument(
+        "--face-box",
+        type=face_box_argument,
+        metavar="X0,Y0,X1,Y1",
+        help="where the face is in the portrait (pixels: left, top, right, bottom), when it is not found on its own",
     )
     generate.add_argument(
         "--guidance-scale", type=float, default=1.0, metavar="G", help="classifier-free guidance (default: 1, off)"
@@ -435,16 +485,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_debug_option(subcommand: argparse.ArgumentParser) -> None:
     # Accepted after the subcommand too; SUPPRESS keeps a `--debug` given before it from being reset to False.
-    subcommand.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+    subcommand.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show full tracebacks, debug logs and third-party library warnings",
+    )
 
 
-def _user_errors():
-    """Exception types that mean bad input: reported as one line, without a traceback."""
-    from .processing.face_detectors import FaceBackendUnavailable
-
-    # CheckpointConversionError, NoFaceError, AudioLoadError, ImageLoadError, VideoReadError and CommandError are
-    # ValueErrors; OSError covers missing files and hub ids that cannot be resolved.
-    return (ValueError, OSError, FaceBackendUnavailable)
+def _is_user_error(error: BaseException) -> bool:
+    """Whether an exception means bad input: reported as one line, without a traceback."""
+    # CheckpointConversionError, NoFaceError, AudioLoadError, ImageLoadError, VideoReadError, OutputPathError and
+    # CommandError are ValueErrors; OSError covers missing files and hub ids that cannot be resolved.
+    if isinstance(error, (ValueError, OSError)):
+        return True
+    # Looked up only if face analysis ran (importing it would load diffusers and torch).
+    face_detectors = sys.modules.get(f"{__package__}.processing.face_detectors")
+    return face_detectors is not None and isinstance(error, face_detectors.FaceBackendUnavailable)
 
 
 def _configure_logging(debug: bool):
@@ -468,11 +525,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the `diffusers-dawn` console script; returns the exit status (2 for bad input)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    with contextlib.ExitStack() as stack:
+        if not args.debug:
+            from .utils.quiet import native_stderr_hidden
+
+            stack.enter_context(native_stderr_hidden())
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     restore_logging = _configure_logging(args.debug)
     try:
         return args.handler(args)
-    except _user_errors() as error:
-        if args.debug:
+    except Exception as error:
+        if args.debug or not _is_user_error(error):
             raise
         message = " ".join(str(error).split()) or type(error).__name__
         print(f"{PROGRAM}: error: {message}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import re
 import zipfile
 from typing import Dict, Iterable, Mapping, Optional
 
@@ -33,6 +34,26 @@ def detect_checkpoint_kind(checkpoint: Mapping) -> Optional[str]:
     return None
 
 
+def load_tensors_only(path: "str | os.PathLike"):
+    """
+    `torch.load(path, weights_only=True)` on the CPU. A pickle that holds other Python objects (which could run code
+    when unpickled) is refused with a [`CheckpointConversionError`] that says so; official DAWN files hold only
+    tensors, containers and numbers.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights only load failed" not in str(error).lower():
+            raise
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        what = f" (it names {found.group(1)})" if found else ""
+        raise CheckpointConversionError(
+            f"{os.fspath(path)}: refused for safety: the file holds Python objects{what}, not only tensors, and "
+            "unpickling it could run code; official DAWN checkpoints hold only tensors, so check that this is the "
+            "file you meant and where it came from"
+        ) from None
+
+
 def load_official_checkpoint(path: "str | os.PathLike", expected_kind: str) -> Dict:
     """
     Loads an official `.pth` file safely (`weights_only=True`) and checks that it is of `expected_kind`.
@@ -46,7 +67,7 @@ def load_official_checkpoint(path: "str | os.PathLike", expected_kind: str) -> D
     if not os.path.isfile(path):
         raise CheckpointConversionError(f"{path}: no such file; expected {CHECKPOINT_KINDS[expected_kind]}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = load_tensors_only(path)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, OSError) as error:
         raise CheckpointConversionError(
             f"{path}: cannot be read as a PyTorch checkpoint ({type(error).__name__}: {str(error).splitlines()[0]}); "

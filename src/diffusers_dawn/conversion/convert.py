@@ -12,7 +12,8 @@ from ..models.pbnet import PBNetModel
 from ..models.unet_3d_flow import UNet3DFlowModel
 from ..pipelines.pipeline_dawn import DAWNPipeline
 from ..schedulers.scheduling_dawn_ddim import DAWNDDIMScheduler
-from .common import CheckpointConversionError, load_official_checkpoint
+from ..utils.io import atomic_folder
+from .common import CheckpointConversionError, load_official_checkpoint, load_tensors_only
 from .lfg import convert_lfg_file
 from .pbnet import convert_pbnet_file
 from .unet import FACE_LOCATION_KEYS, convert_unet_checkpoint
@@ -79,7 +80,9 @@ def load_face_location_weights(path: "str | os.PathLike") -> Dict[str, torch.Ten
 
             state_dict = load_file(path)
         else:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+            state_dict = load_tensors_only(path)
+    except CheckpointConversionError:
+        raise
     except Exception as error:  # safetensors and torch raise several unrelated types for corrupt files
         raise CheckpointConversionError(
             f"{path}: cannot be read as a safetensors or PyTorch weights file ({type(error).__name__})"
@@ -216,7 +219,8 @@ def convert_official_checkpoints(
             next to each checkpoint is used when present).
         resolution (*optional*): Frame size, 128 or 256. The two releases have identical weight shapes, so by
             default it is read from the file names (`DAWN_256.pth` → 256) and is 128 when they name none.
-        overwrite (`bool`, defaults to `False`): Allow writing into a non-empty `output_dir`.
+        overwrite (`bool`, defaults to `False`): Replace a non-empty `output_dir` (only once the new pipeline is
+            completely written).
 
     Returns:
         [`DAWNPipeline`]: the converted pipeline (CPU, float32).
@@ -279,5 +283,8 @@ def convert_official_checkpoints(
         _step(7, "Done (nothing written: no output folder given)")
     else:
         _step(7, f"Writing the pipeline to {output_dir}")
-        pipeline.save_pretrained(output_dir)
+        # Written beside the target and moved into place when complete, so a failed or interrupted write leaves the
+        # previous folder (if any) as it was.
+        with atomic_folder(output_dir) as partial:
+            pipeline.save_pretrained(partial)
     return pipeline

@@ -68,7 +68,10 @@ def _decode_file(path: str):
                 raise AudioLoadError(f"{path}: the file has no audio stream; pass a file that contains the speech")
             stream = streams[0]
             chunks = []
+            first_pts = None
             for frame in container.decode(stream):
+                if first_pts is None:
+                    first_pts = frame.pts
                 # to_ndarray gives (channels, samples) for planar and (1, samples*channels) for packed layouts.
                 array = frame.to_ndarray()
                 channels = len(frame.layout.channels)
@@ -86,7 +89,31 @@ def _decode_file(path: str):
         ) from None
     if not chunks:
         raise AudioLoadError(f"{path}: the audio stream is empty")
-    return np.concatenate(chunks, axis=0), rate
+    samples = np.concatenate(chunks, axis=0)
+    return _trim_to_stream_timing(samples, rate, stream.start_time, stream.duration, stream.time_base, first_pts), rate
+
+
+# Lossy codecs pad the last frame (AAC 1024 samples, MP3 1152) and add an encoder delay; more than this excess over
+# the stated duration means the duration is only an estimate (e.g. a constant-bit-rate MP3 without a header).
+MAX_CODEC_PADDING_SAMPLES = 4096
+
+
+def _trim_to_stream_timing(samples, rate, start_time, duration, time_base, first_pts) -> np.ndarray:
+    """
+    Keeps exactly the samples the container says are the stream's content: decoded samples timed before the stream's
+    start (codec priming / encoder delay) and beyond its duration (padding of the last codec frame) are dropped, so
+    that the same speech gives the same number of video frames whatever the format.
+    """
+    if time_base is None:
+        return samples
+    start = start_time or 0
+    if first_pts is not None and first_pts < start:
+        samples = samples[int(round(float((start - first_pts) * time_base) * rate)) :]
+    if duration:
+        expected = int(round(float(duration * time_base) * rate))
+        if 0 < len(samples) - expected <= MAX_CODEC_PADDING_SAMPLES:
+            samples = samples[:expected]
+    return samples
 
 
 def samples_to_mono(samples: Union[np.ndarray, torch.Tensor], channel: Optional[int] = None) -> np.ndarray:

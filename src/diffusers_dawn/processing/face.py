@@ -45,7 +45,15 @@ LIP_POINTS = slice(48, 67)  # the 19 points the official mouth mask uses
 
 
 class NoFaceError(ValueError):
-    """No face was found; the message says what to do."""
+    """
+    No face was found; the message says what to do. `finding` is the message without the advice, so that a caller
+    with other options (the command line) can give its own.
+    """
+
+    def __init__(self, finding: str, advice: str = ""):
+        super().__init__(f"{finding}; {advice}" if advice else finding)
+        self.finding = finding
+        self.advice = advice
 
 
 @dataclass
@@ -268,8 +276,8 @@ class FaceAnalyzer:
         if self._backend is None:
             from .face_detectors import select_backend
 
+            # select_backend says which backend runs (and why others were skipped).
             self._backend = select_backend(self._backend_spec)
-            logger.info(f"Face analysis uses the {self._backend.name} backend.")
         return self._backend
 
     def analyze(
@@ -323,11 +331,11 @@ class FaceAnalyzer:
             offset = np.array([x0, y0, 0.0])
         faces = self.backend.detect(search)
         if not faces:
-            where = "inside the given face_box" if user_box is not None else "in the image"
+            where = "inside the given face box" if user_box is not None else "in the image"
             raise NoFaceError(
-                f"no face found {where} by the {self.backend.name} backend; pass a photo with a clearly visible, "
-                "roughly frontal face, or give the 68 iBUG landmarks yourself (`face_landmarks=` in DAWNPipeline, "
-                "`landmarks=` here) or a `face_box=` around the face"
+                f"no face found {where} by the {self.backend.name} backend",
+                "pass a photo with a clearly visible, roughly frontal face, or give the 68 iBUG landmarks yourself "
+                "(`face_landmarks=` in DAWNPipeline, `landmarks=` here) or a `face_box=` around the face",
             )
         faces = [(landmarks68 + offset, points + offset) for landmarks68, points in faces]
         return sorted(faces, key=lambda face: _box_area(bounding_box(face[1])), reverse=True)

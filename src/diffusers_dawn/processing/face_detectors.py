@@ -9,6 +9,8 @@ from typing import List, Tuple
 import numpy as np
 from diffusers.utils import logging
 
+from ..utils.quiet import third_party_output_silenced
+
 logger = logging.get_logger(__name__)
 
 # MediaPipe face-mesh vertex for each of the 68 iBUG landmarks: jaw 0-16, brows 17-26, nose 27-35, eyes 36-47
@@ -39,18 +41,21 @@ class MediaPipeFaceMesh:
 
     def __init__(self, max_faces: int = 5, min_confidence: float = 0.5):
         try:
-            from mediapipe.python.solutions import face_detection, face_mesh
+            with third_party_output_silenced():
+                from mediapipe.python.solutions import face_detection, face_mesh
         except Exception as error:  # ImportError, or a wheel without the bundled solution graphs
             raise FaceBackendUnavailable(f"mediapipe face mesh unavailable ({error}); pip install mediapipe==0.10.14")
         self.max_faces = max_faces
-        self._detector = face_detection.FaceDetection(model_selection=1, min_detection_confidence=min_confidence)
-        self._mesh = face_mesh.FaceMesh(
-            static_image_mode=True, max_num_faces=1, refine_landmarks=False, min_detection_confidence=min_confidence
-        )
+        with third_party_output_silenced():
+            self._detector = face_detection.FaceDetection(model_selection=1, min_detection_confidence=min_confidence)
+            self._mesh = face_mesh.FaceMesh(
+                static_image_mode=True, max_num_faces=1, refine_landmarks=False, min_detection_confidence=min_confidence
+            )
 
     def _mesh_points(self, image: np.ndarray):
         height, width = image.shape[:2]
-        result = self._mesh.process(np.ascontiguousarray(image))
+        with third_party_output_silenced():
+            result = self._mesh.process(np.ascontiguousarray(image))
         if not result.multi_face_landmarks:
             return None
         # Normalised x, y; z is relative depth on the scale of x.
@@ -58,7 +63,8 @@ class MediaPipeFaceMesh:
 
     def detect(self, image: np.ndarray) -> List[Face]:
         height, width = image.shape[:2]
-        detections = self._detector.process(np.ascontiguousarray(image)).detections or []
+        with third_party_output_silenced():
+            detections = self._detector.process(np.ascontiguousarray(image)).detections or []
         faces = []
         for detection in detections[: self.max_faces]:
             box = detection.location_data.relative_bounding_box
@@ -135,7 +141,9 @@ def select_backend(spec="auto"):
     if spec != "auto":
         if spec not in BACKENDS:
             raise ValueError(f"unknown face backend {spec!r}; choose from {sorted(BACKENDS)} or 'auto'")
-        return BACKENDS[spec]()
+        backend = BACKENDS[spec]()
+        logger.info(f"Face analysis uses the {spec} backend.")
+        return backend
     reasons = []
     for name in AUTO_ORDER:
         if name == "face_alignment" and not face_alignment_weights_cached():
@@ -153,5 +161,7 @@ def select_backend(spec="auto"):
         if reasons:
             # A warning, not info: the user asked for the best backend and gets a fallback.
             logger.warning(f"Face analysis uses the {name} backend; skipped " + "; ".join(reasons))
+        else:
+            logger.info(f"Face analysis uses the {name} backend.")
         return backend
     raise FaceBackendUnavailable("no face backend can run here: " + "; ".join(reasons))

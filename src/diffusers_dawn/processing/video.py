@@ -9,6 +9,7 @@ import numpy as np
 import PIL.Image
 import torch
 
+from ..utils.io import atomic_file
 from .audio import AUDIO_SAMPLING_RATE, VIDEO_FPS, AudioLoadError, decode_audio_file, resample, samples_to_mono
 
 FramesLike = Union[Sequence[Union[PIL.Image.Image, np.ndarray, torch.Tensor]], np.ndarray, torch.Tensor]
@@ -128,7 +129,9 @@ def export_to_video_with_audio(
 
     output_path = os.fspath(output_path)
     os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
-    with av.open(output_path, mode="w") as container:
+    # Encoded under a temporary name and renamed when complete: a failure never leaves a truncated MP4 nor
+    # touches an earlier file of that name.
+    with atomic_file(output_path) as partial, av.open(partial, mode="w") as container:
         video_stream = container.add_stream(video_codec, rate=frame_rate)
         video_stream.width, video_stream.height = width + width % 2, height + height % 2
         video_stream.pix_fmt = "yuv420p"

@@ -1,5 +1,6 @@
 """DAWN's DDIM sampler, exactly as the official A2V-FDM samples motion latents, in the diffusers scheduler protocol."""
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import List, Optional, Tuple, Union
@@ -102,6 +103,8 @@ class DAWNDDIMScheduler(SchedulerMixin, ConfigMixin):
 
     _compatibles = [e.name for e in KarrasDiffusionSchedulers]
     order = 1
+    # Options that only this scheduler has (no diffusers scheduler takes them).
+    _dawn_only_options = ("cosine_s", "max_beta", "eta", "sample_min_threshold", "renoise_with_previous_alphas")
 
     @register_to_config
     def __init__(
@@ -124,13 +127,8 @@ class DAWNDDIMScheduler(SchedulerMixin, ConfigMixin):
             betas = dawn_cosine_betas(num_train_timesteps, cosine_s, max_beta)
             # Other schedulers read the schedule from `trained_betas`; store DAWN's exact values there.
             self.register_to_config(trained_betas=betas.tolist())
-            # `from_config` skips keys listed as defaults; the computed betas are not a default to skip.
-            defaults = self._internal_dict.get("_use_default_values")
-            if defaults is not None and "trained_betas" in defaults:
-                self._internal_dict = type(self._internal_dict)(
-                    {**self._internal_dict, "_use_default_values": [k for k in defaults if k != "trained_betas"]}
-                )
-        else:
+        self._mark_default_values()
+        if trained_betas is not None:
             betas = torch.tensor(np.asarray(trained_betas), dtype=torch.float64)
             if betas.shape != (num_train_timesteps,):
                 raise ValueError(
@@ -150,6 +148,20 @@ class DAWNDDIMScheduler(SchedulerMixin, ConfigMixin):
         self.timesteps = torch.from_numpy(self._official_timesteps(num_train_timesteps, 20)[:-1].copy())
         self._step_index = None
         self._begin_index = None
+
+    def _mark_default_values(self) -> None:
+        """
+        Lists in the config's `_use_default_values` (keys that every `from_config` skips) the DAWN-only options that
+        hold their default values, and never `trained_betas`. So `DDIMScheduler.from_config(pipe.scheduler.config)`
+        receives DAWN's betas and no option it would warn about, even from a loaded pipeline folder (whose config
+        names every option), while a DAWN scheduler rebuilt from the config gets the same values back.
+        """
+        signature = inspect.signature(type(self).__init__).parameters
+        defaults = set(self._internal_dict.get("_use_default_values", []))
+        defaults |= {name for name in self._dawn_only_options if self.config[name] == signature[name].default}
+        defaults.discard("trained_betas")
+        config = {**self._internal_dict, "_use_default_values": sorted(defaults)}
+        self._internal_dict = type(self._internal_dict)(config)
 
     @staticmethod
     def _official_timesteps(num_train_timesteps: int, num_inference_steps: int) -> np.ndarray:

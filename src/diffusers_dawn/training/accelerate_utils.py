@@ -32,6 +32,8 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
+from ..utils.io import PARTIAL_TAG, atomic_folder, replace_folder
+
 
 logger = logging.getLogger(__name__)
 
@@ -312,7 +314,17 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str, step: int, total_
             logger.info(f"Removing old checkpoint {old}")
             shutil.rmtree(old)
     path = Path(output_dir) / f"{CHECKPOINT_PREFIX}{step}"
-    accelerator.save_state(str(path))
+    # Every process writes into one staging folder (not matched by `list_checkpoints`), which becomes
+    # `checkpoint-<step>` only once complete: an interrupted save never leaves a half checkpoint to resume from.
+    staged = Path(output_dir) / f".{path.name}{PARTIAL_TAG}"
+    if accelerator.is_main_process:
+        shutil.rmtree(staged, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staged))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        replace_folder(staged, path)
+    accelerator.wait_for_everyone()
     logger.info(f"Saved state to {path}")
     return path
 
@@ -450,7 +462,8 @@ def save_final_model(accelerator: Accelerator, model: torch.nn.Module, output_di
         ema.store(unwrapped.parameters())
         ema.copy_to(unwrapped.parameters())
     if accelerator.is_main_process:
-        unwrapped.save_pretrained(target)
+        with atomic_folder(target) as partial:
+            unwrapped.save_pretrained(partial)
     if ema is not None:
         ema.restore(unwrapped.parameters())
     return target

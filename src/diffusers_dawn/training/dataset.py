@@ -24,7 +24,6 @@ reported); [`load_dawn_dataset`] reads it back from a `save_to_disk` folder or t
 import json
 import logging
 import os
-import shutil
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -39,6 +38,7 @@ from ..processing.audio import AUDIO_SAMPLING_RATE, VIDEO_FPS, compute_hubert_fe
 from ..processing.face import FaceAnalyzer, FaceTrack, measure_face
 from ..processing.image import crop_to_face
 from ..processing.video import read_video
+from ..utils.io import atomic_folder, atomic_write_text
 
 
 logger = logging.getLogger(__name__)
@@ -362,11 +362,9 @@ def _process_one(video_path: str, video_id: str, shard_dir: str, settings: Prepr
             video_id=video_id,
         )
         features = dawn_dataset_features(audio_encoder.config.hidden_size)
-        # Write next to the final place and rename: a shard folder exists only once it is complete.
-        partial = Path(shard_dir + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        datasets.Dataset.from_list([row], features=features).save_to_disk(str(partial))
-        os.replace(partial, shard_dir)
+        # Written beside its final place and renamed: a shard folder exists only once it is complete.
+        with atomic_folder(shard_dir) as partial:
+            datasets.Dataset.from_list([row], features=features).save_to_disk(partial)
         return video_id, None
     except VideoSkipped as reason:
         return video_id, str(reason)
@@ -457,23 +455,22 @@ def preprocess_videos(
 
     dataset = assemble_shards(output_dir)
     report.dataset_path = str(output_dir / DATASET_FOLDER)
-    (output_dir / REPORT_FILE).write_text(json.dumps(asdict(report), indent=2))
+    atomic_write_text(output_dir / REPORT_FILE, json.dumps(asdict(report), indent=2))
     return dataset, report
 
 
 def assemble_shards(output_dir: Union[str, os.PathLike]) -> datasets.Dataset:
     """Concatenates the finished shards of `output_dir` (sorted by video id) and saves them to `output_dir/dataset`."""
     output_dir = Path(output_dir)
-    shard_dirs = sorted(path for path in (output_dir / SHARDS_FOLDER).iterdir() if path.is_dir() and not path.name.endswith(".partial"))
+    # Hidden names are unfinished writes (see `atomic_folder`).
+    shards = (output_dir / SHARDS_FOLDER).iterdir()
+    shard_dirs = sorted(path for path in shards if path.is_dir() and not path.name.startswith("."))
     if not shard_dirs:
         raise RuntimeError(
             f"no video of the input could be processed (see {output_dir / SKIPPED_FILE} for the reasons)"
         )
     dataset = datasets.concatenate_datasets([datasets.load_from_disk(str(path)) for path in shard_dirs])
     target = output_dir / DATASET_FOLDER
-    partial = output_dir / (DATASET_FOLDER + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    dataset.save_to_disk(str(partial))
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(partial, target)
+    with atomic_folder(target) as partial:
+        dataset.save_to_disk(partial)
     return datasets.load_from_disk(str(target))
