@@ -6,7 +6,7 @@ side in one process, on random weights and random inputs of the recipe's shapes.
     python benchmarks/training_throughput.py --model pbnet --json
 
 `--model a2v`: the recipe's A2V-FDM U-Net (`a2v_unet` of `training/recipes/synthetic_demo.py` with the LFG of
-`synthetic_lfg64.json`; 64 px, latent 16×16, batch 4 × 20 frames), two measurements:
+`synthetic_demo.json`; 64 px, latent 16×16, batch 4 × 20 frames), two measurements:
   - `unet_step`: noise, U-Net forward, DAWN loss, backward and Adam step on a fixed motion target; reference =
     `unet.set_fused_kernels(False)` (the official formulation and `LocalAttnProcessor`), optimised = the default
     fused kernels (`--compile` adds `torch.compile`);
@@ -46,10 +46,15 @@ def load_recipe():
 
 
 def recipe_lfg():
-    from diffusers_dawn import LFGAutoencoder
-
     torch.manual_seed(0)
-    return LFGAutoencoder(**json.loads((RECIPES / "synthetic_lfg64.json").read_text())).eval().requires_grad_(False)
+    recipe = load_recipe()
+    return recipe.recipe_lfg(recipe.load_settings()).eval().requires_grad_(False)
+
+
+def recipe_condition_dim() -> int:
+    """Speech features + Δpose (6) + Δblink (2), as the recipe's U-Net is built."""
+    recipe = load_recipe()
+    return recipe.load_settings()["audio_encoder"]["hidden_size"] + recipe.POSE_BLINK_DIM
 
 
 def a2v_batch(lfg, batch=4, frames=20, resolution=64, seed=0):
@@ -63,7 +68,7 @@ def a2v_batch(lfg, batch=4, frames=20, resolution=64, seed=0):
     return {
         "frames": torch.rand(batch, frames, 3, resolution, resolution, generator=generator),
         "reference_image": torch.rand(batch, 3, resolution, resolution, generator=generator),
-        "conditions": torch.randn(batch, frames, 40, generator=generator),
+        "conditions": torch.randn(batch, frames, recipe_condition_dim(), generator=generator),
         "face_mask": face_mask,
         "mouth_mask": mouth_mask,
         "video_index": torch.arange(batch),
@@ -89,7 +94,8 @@ def a2v_steps(args):
 
     def trainer(fused: bool, compiled: bool = False):
         nonlocal compile_note
-        unet = recipe.a2v_unet(lfg).train()
+        settings = recipe.load_settings()
+        unet = recipe.a2v_unet(lfg, settings["audio_encoder"]["hidden_size"], settings).train()
         unet.set_fused_kernels(fused)
         model = unet
         if compiled:
@@ -140,7 +146,9 @@ def pbnet_steps(args):
     from diffusers_dawn.models.attention_processor import FusedLocalAttnProcessor, LocalAttnProcessor
     from diffusers_dawn.training.pbnet_trainer import PatchDiscriminator1D, pbnet_loss
 
-    config = json.loads((RECIPES / "synthetic_pbnet_pose.json").read_text())
+    recipe = load_recipe()
+    settings = recipe.load_settings()
+    config = dict(settings["pbnet_config"]["pose"], audio_dim=settings["audio_encoder"]["hidden_size"])
     batch, frames = 8, 100
     generator = torch.Generator().manual_seed(0)
     states = torch.randn(batch, frames, config["state_dim"], generator=generator)

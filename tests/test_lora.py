@@ -134,11 +134,12 @@ def test_adapter_weights_and_disabling(pipe, adapter_dir):
     pipe.load_lora_weights(adapter_dir, adapter_name="speaker")
     adapted = generate(pipe)
     pipe.set_adapters(["speaker"], adapter_weights=[0.0])
-    torch.testing.assert_close(generate(pipe), base, atol=1e-6, rtol=0)
+    # LoRA-wrapped projections run the reference kernels, the base model the fused ones: equal maths, fp32 rounding.
+    torch.testing.assert_close(generate(pipe), base, atol=1e-5, rtol=0)
     pipe.set_adapters("speaker", adapter_weights=1.0)
     torch.testing.assert_close(generate(pipe), adapted, atol=1e-6, rtol=0)
     pipe.disable_lora()
-    torch.testing.assert_close(generate(pipe), base, atol=1e-6, rtol=0)
+    torch.testing.assert_close(generate(pipe), base, atol=1e-5, rtol=0)  # reference vs fused kernels, as above
     pipe.enable_lora()
     torch.testing.assert_close(generate(pipe), adapted, atol=1e-6, rtol=0)
 

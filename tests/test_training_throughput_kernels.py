@@ -1,6 +1,5 @@
 """Fused U-Net kernels and the motion-target cache compute what the reference paths compute."""
 
-import json
 
 import pytest
 import torch
@@ -14,17 +13,17 @@ from diffusers_dawn.models.attention_processor import (
     LocalAttnProcessor,
 )
 from diffusers_dawn.models.embeddings import RelativePositionBias, RotaryEmbedding
-from diffusers_dawn.models.lfg import LFGAutoencoder
 from diffusers_dawn.training.a2v_trainer import MotionTargetCache, compute_motion_target
 
 from _a2v_utils import tiny_lfg, tiny_unet
-from _training_utils import REPO_ROOT, load_repository_script
+from _training_utils import load_repository_script
 
 
 def recipe_unet():
-    config = json.loads((REPO_ROOT / "training" / "recipes" / "synthetic_lfg64.json").read_text())
     recipe = load_repository_script("training/recipes/synthetic_demo.py")
-    return recipe.a2v_unet(LFGAutoencoder(**config)).train()
+    settings = recipe.load_settings()
+    lfg = recipe.recipe_lfg(settings)
+    return recipe.a2v_unet(lfg, settings["audio_encoder"]["hidden_size"], settings).train()
 
 
 def random_inputs(unet, batch, frames, size=16, seed=0):

@@ -504,6 +504,13 @@ def _is_user_error(error: BaseException) -> bool:
     return face_detectors is not None and isinstance(error, face_detectors.FaceBackendUnavailable)
 
 
+def _user_errors() -> tuple:
+    """The exception classes that [`_is_user_error`] reports as one line, for callers that catch them (the demo)."""
+    from .processing.face_detectors import FaceBackendUnavailable
+
+    return (ValueError, OSError, FaceBackendUnavailable)
+
+
 def _configure_logging(debug: bool):
     """Shows the package's step-by-step progress on stderr; returns a function that restores the previous setup."""
     package_logger = python_logging.getLogger("diffusers_dawn")

@@ -33,6 +33,7 @@ from diffusers_dawn.training.dataset import load_dawn_dataset
 
 
 HERE = Path(__file__).resolve().parent
+DEFAULT_RECIPE = HERE / "synthetic_demo.json"
 STAGES = ("data", "lfg", "pose", "blink", "a2v-stage1", "a2v-stage2", "pipeline")
 # Condition entries beside the speech features: Δpose (6) and Δblink (2).
 POSE_BLINK_DIM = 8
@@ -45,6 +46,16 @@ def training_script(name: str):
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def load_settings(path=DEFAULT_RECIPE) -> dict:
+    """The recipe's settings (JSON)."""
+    return json.loads(Path(path).read_text())
+
+
+def recipe_lfg(settings: dict) -> LFGAutoencoder:
+    """A new (untrained) LFG of the recipe's architecture."""
+    return LFGAutoencoder(**settings["lfg_config"])
 
 
 def a2v_unet(lfg: LFGAutoencoder, audio_dim: int, settings: dict) -> UNet3DFlowModel:
@@ -167,12 +178,12 @@ def smoke_settings(settings: dict) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--recipe", default=str(HERE / "synthetic_demo.json"), help="settings (JSON)")
+    parser.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="settings (JSON)")
     parser.add_argument("--only", nargs="+", choices=STAGES, help="run only these stages")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 is fastest on 2 busy cores)")
     parser.add_argument("--smoke", action="store_true", help="two steps per stage on two short videos")
     args = parser.parse_args(argv)
-    settings = json.loads(Path(args.recipe).read_text())
+    settings = load_settings(args.recipe)
     if args.smoke:
         settings = smoke_settings(settings)
     if args.threads:
