@@ -13,7 +13,6 @@ move the lips.
 """
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from diffusers_dawn import LFGAutoencoder
 from diffusers_dawn.processing.face import FaceAnalyzer
 from diffusers_dawn.testing.synthetic import generate_synthetic_clip
 
-from synthetic_lipsync import HELD_OUT_FIRST_SEED, measure, pooled_mouth_correlation
+from synthetic_lipsync import HELD_OUT_FIRST_SEED, measure, pooled_mouth_correlation, print_report
 
 
 def load_lfg(path: str) -> LFGAutoencoder:
@@ -88,11 +87,7 @@ def main(argv=None) -> int:
         "psnr_db": round(float(np.mean(10 * np.log10(1.0 / np.maximum(frame_mse, 1e-12)))), 2),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    if args.json:
-        print(json.dumps(report))
-    else:
-        for key, value in report.items():
-            print(f"{key}: {value}")
+    print_report(report, args.json)
     return 0
 
 

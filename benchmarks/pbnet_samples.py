@@ -11,7 +11,6 @@ way as `benchmarks/synthetic_lipsync.py` counts them (ratio below 3/4 of the cli
 """
 
 import argparse
-import json
 import sys
 
 import numpy as np
@@ -22,7 +21,7 @@ from diffusers_dawn.processing.audio import compute_hubert_features
 from diffusers_dawn.processing.face import measure_face
 from diffusers_dawn.testing.synthetic import generate_synthetic_clip
 
-from synthetic_lipsync import HELD_OUT_FIRST_SEED, blinks_per_minute
+from synthetic_lipsync import HELD_OUT_FIRST_SEED, blinks_per_minute, print_report
 
 
 def main(argv=None) -> int:
@@ -65,11 +64,7 @@ def main(argv=None) -> int:
         "blinks_per_minute_sampled": round(float(np.mean(sampled_blinks)), 2),
         "blink_rate_ratio": round(float(np.mean(sampled_blinks) / max(np.mean(truth_blinks), 1e-6)), 3),
     }
-    if args.json:
-        print(json.dumps(report))
-    else:
-        for key, value in report.items():
-            print(f"{key}: {value}")
+    print_report(report, args.json)
     return 0
 
 

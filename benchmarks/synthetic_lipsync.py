@@ -56,6 +56,15 @@ def pooled_mouth_correlation(truth_rows, produced_rows):
     return correlation, int(both.sum())
 
 
+def print_report(report: dict, as_json: bool) -> None:
+    """One JSON line, or one `key: value` line per entry."""
+    if as_json:
+        print(json.dumps(report))
+    else:
+        for key, value in report.items():
+            print(f"{key}: {value}")
+
+
 def measure(analyzer: FaceAnalyzer, frames: np.ndarray):
     """Per-frame (mouth opening, eye ratio, yaw/pitch/roll); NaN rows where no face is found."""
     rows = []
@@ -149,11 +158,7 @@ def main(argv=None) -> int:
         "head_motion_ratio": round(float(np.mean(generated_motion / np.maximum(truth_motion, 1e-6))), 3),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    if args.json:
-        print(json.dumps(report))
-    else:
-        for key, value in report.items():
-            print(f"{key}: {value}")
+    print_report(report, args.json)
     return 0
 
 
