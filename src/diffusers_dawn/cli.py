@@ -493,11 +493,14 @@ def _add_debug_option(subcommand: argparse.ArgumentParser) -> None:
     )
 
 
+# CheckpointConversionError, NoFaceError, AudioLoadError, ImageLoadError, VideoReadError, OutputPathError and
+# CommandError are ValueErrors; OSError covers missing files and hub ids that cannot be resolved.
+USER_ERROR_BASES = (ValueError, OSError)
+
+
 def _is_user_error(error: BaseException) -> bool:
     """Whether an exception means bad input: reported as one line, without a traceback."""
-    # CheckpointConversionError, NoFaceError, AudioLoadError, ImageLoadError, VideoReadError, OutputPathError and
-    # CommandError are ValueErrors; OSError covers missing files and hub ids that cannot be resolved.
-    if isinstance(error, (ValueError, OSError)):
+    if isinstance(error, USER_ERROR_BASES):
         return True
     # Looked up only if face analysis ran (importing it would load diffusers and torch).
     face_detectors = sys.modules.get(f"{__package__}.processing.face_detectors")
@@ -508,7 +511,7 @@ def _user_errors() -> tuple:
     """The exception classes that [`_is_user_error`] reports as one line, for callers that catch them (the demo)."""
     from .processing.face_detectors import FaceBackendUnavailable
 
-    return (ValueError, OSError, FaceBackendUnavailable)
+    return (*USER_ERROR_BASES, FaceBackendUnavailable)
 
 
 def _configure_logging(debug: bool):

@@ -195,7 +195,7 @@ def main(argv=None) -> int:
     dataset_path = out / "data" / "dataset"
     if "data" in stages and not dataset_path.is_dir():
         run_data(out, settings)
-    dataset = load_dawn_dataset(str(dataset_path), columns=("hubert",))
+    dataset = load_dawn_dataset(str(dataset_path), columns=("hubert", "resolution", "face_box"))
     audio_dim = dataset.features["hubert"].shape[-1]
     if "lfg" in stages and not stage_done(out / "lfg", "lfg"):
         run_lfg(out, str(dataset_path), settings)
@@ -207,7 +207,7 @@ def main(argv=None) -> int:
         if wanted and not stage_done(out / f"a2v-stage{stage}", "unet"):
             run_a2v(out, str(dataset_path), stage, settings, audio_dim)
     if "pipeline" in stages:
-        folder = assemble(out, load_dawn_dataset(str(dataset_path), columns=("resolution", "face_box")), settings)
+        folder = assemble(out, dataset, settings)
         print(f"Pipeline written to {folder}")
     return 0
 
