@@ -278,6 +278,10 @@ def run_batch_command(args) -> int:
         from accelerate.utils import gather_object
 
         results = gather_object(results)
+        # Leaving with the group still open lets the exiting interpreter kill gloo's threads mid-work
+        # ("terminate called without an active exception", exit -6): close it on every process first.
+        state.wait_for_everyone()
+        state.destroy_process_group()
     elapsed = time.perf_counter() - started
     if state.is_main_process:
         processes = f" on {state.num_processes} processes" if state.num_processes > 1 else ""
