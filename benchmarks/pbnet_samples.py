@@ -31,10 +31,13 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=200)
     parser.add_argument("--first-seed", type=int, default=HELD_OUT_FIRST_SEED)
     parser.add_argument("--seed", type=int, default=0, help="generator seed of the samples")
+    parser.add_argument("--noise-scale", type=float, default=None,
+                        help="scale of the PBNets' latent noise (default: the pipeline's own)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
     pipe = DAWNPipeline.from_pretrained(args.model)
+    noise = {} if args.noise_scale is None else {"noise_scale": args.noise_scale}
     truth_spread, sampled_spread, truth_blinks, sampled_blinks = [], [], [], []
     for index in range(args.clips):
         clip = generate_synthetic_clip(args.first_seed + index, num_frames=args.frames, resolution=pipe.config.resolution)
@@ -43,9 +46,9 @@ def main(argv=None) -> int:
             audio = compute_hubert_features(clip.audio, pipe.audio_encoder, pipe.feature_extractor, args.frames)[None]
         generator = torch.Generator().manual_seed(args.seed + index)
         pose = pipe.pbnet_pose.generate_states(torch.tensor(source.pose, dtype=torch.float32).view(1, 1, 6), audio,
-                                               generator=generator)[0].numpy()
+                                               generator=generator, **noise)[0].numpy()
         blink = pipe.pbnet_blink.generate_states(torch.tensor(source.eye_ratios, dtype=torch.float32).view(1, 1, 2),
-                                                 audio, generator=generator)[0].numpy()
+                                                 audio, generator=generator, **noise)[0].numpy()
         truth = np.stack([measure_face(points, clip.frames[0].shape).pose[:3] for points in clip.landmarks])
         truth_spread.append(truth.std(0))
         sampled_spread.append(pose[:, :3].std(0))

@@ -17,6 +17,7 @@ from diffusers_dawn.conversion.lfg import (
     infer_lfg_config,
     official_key_to_diffusers,
 )
+from diffusers_dawn.models.lfg_blocks import make_coordinate_grid
 from diffusers_dawn.models.lfg import (
     LFGAutoencoder,
     LFGSourceFeatures,
@@ -233,7 +234,7 @@ def test_decode_encodes_an_image_source_once_and_broadcasts_it(model, io, monkey
 
 def test_decode_rejects_mismatched_shapes(model, io):
     grid, occlusion = _frame_flows(io, batch=1, frames=2)
-    with pytest.raises(ValueError, match="motion_latent_to_flow"):
+    with pytest.raises(ValueError, match="latent_to_motion"):
         model.decode(io["in.source_image"], grid[0], occlusion[0])
     with pytest.raises(ValueError, match="frames_per_batch"):
         model.decode(io["in.source_image"], grid, occlusion, frames_per_batch=0)
@@ -251,6 +252,28 @@ def test_motion_latent_conversions_are_inverse(io):
     assert torch.allclose(flow_to_motion_latent(grid, occlusion), motion_latent, atol=1e-6)
     with pytest.raises(ValueError, match="motion latents"):
         motion_latent_to_flow(motion_latent[:, :2])
+
+
+def test_model_motion_latent_is_official_by_default_and_relative_when_configured(model):
+    grid = torch.rand(2, 3, 8, 8, 2, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    occlusion = torch.rand(2, 3, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    # Official checkpoints: the latent is DAWN's absolute one.
+    assert torch.equal(model.motion_to_latent(grid, occlusion), flow_to_motion_latent(grid, occlusion))
+
+    relative = LFGAutoencoder.from_config(model.config, relative_motion_latent=True, motion_latent_scale=15.0)
+    latent = relative.motion_to_latent(grid, occlusion)
+    # Channel 0 at column j is the grid's x minus the identity's x (2j / 7 - 1, end points exactly ±1), scaled.
+    identity_x = 2 * torch.arange(8) / 7 - 1
+    assert torch.allclose(latent[:, 0], 15.0 * (grid[..., 0] - identity_x), atol=1e-5)
+    assert torch.allclose(latent[:, 2], 15.0 * (occlusion[:, :, 0] * 2 - 2), atol=1e-5)
+    back_grid, back_occlusion = relative.latent_to_motion(latent)
+    assert torch.allclose(back_grid, grid, atol=1e-6) and torch.allclose(back_occlusion, occlusion, atol=1e-6)
+    # A still frame (identity grid, nothing occluded) is the zero latent.
+    still_grid = make_coordinate_grid(8, 8).expand(1, 1, 8, 8, 2)
+    still = relative.motion_to_latent(still_grid, torch.ones(1, 1, 1, 8, 8))
+    assert still.abs().max() < 1e-6
+    with pytest.raises(ValueError, match="motion_latent_scale"):
+        LFGAutoencoder.from_config(model.config, motion_latent_scale=0.0)
 
 
 # -- saving, loading, precision ------------------------------------------------------------------------------------

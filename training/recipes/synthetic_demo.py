@@ -66,6 +66,16 @@ def a2v_unet(lfg: LFGAutoencoder, audio_dim: int, settings: dict) -> UNet3DFlowM
     )
 
 
+def diffusion_lfg(out: Path, settings: dict) -> LFGAutoencoder:
+    """The trained LFG with the recipe's motion-latent presentation (what the A2V-FDM generates and the pipeline decodes)."""
+    return LFGAutoencoder.from_pretrained(out / "lfg" / "lfg", **settings.get("motion_latent", {}))
+
+
+def recipe_scheduler(settings: dict) -> DAWNDDIMScheduler:
+    """DAWN's sampler with the recipe's overrides (no x0 thresholding for a scaled relative motion latent)."""
+    return DAWNDDIMScheduler(**settings.get("scheduler", {}))
+
+
 def stage_done(folder: Path, model_folder: str) -> bool:
     return (folder / model_folder / "config.json").is_file()
 
@@ -120,9 +130,9 @@ def run_a2v(out: Path, dataset: str, stage: int, settings: dict, audio_dim: int)
     # A base folder with the frozen LFG, the scheduler and the U-Net architecture, then the stage's training.
     base = out / "a2v-base"
     if not stage_done(base, "unet"):
-        lfg = LFGAutoencoder.from_pretrained(out / "lfg" / "lfg")
+        lfg = diffusion_lfg(out, settings)
         lfg.save_pretrained(base / "lfg")
-        DAWNDDIMScheduler().save_pretrained(base / "scheduler")
+        recipe_scheduler(settings).save_pretrained(base / "scheduler")
         a2v_unet(lfg, audio_dim, settings).save_pretrained(base / "unet")
     a2v = settings[f"a2v_stage{stage}"]
     arguments = [
@@ -130,7 +140,7 @@ def run_a2v(out: Path, dataset: str, stage: int, settings: dict, audio_dim: int)
         "--output_dir", str(out / f"a2v-stage{stage}"),
         "--train_batch_size", str(a2v["batch_size"]), "--clips_per_video", str(a2v["clips_per_video"]),
         "--learning_rate", str(a2v["learning_rate"]), "--lip_loss_weight", str(a2v["lip_loss_weight"]),
-        *common_arguments(settings, a2v),
+        "--flow_loss_weight", str(a2v["flow_loss_weight"]), *common_arguments(settings, a2v),
     ]  # fmt: skip
     if stage == 2:
         arguments += ["--init_from", str(out / "a2v-stage1")]
@@ -149,9 +159,9 @@ def assemble(out: Path, dataset, settings: dict) -> Path:
 
     final_stage = out / ("a2v-stage2" if settings["a2v_stage2"]["steps"] > 0 else "a2v-stage1")
     pipeline = DAWNPipeline(
-        lfg=LFGAutoencoder.from_pretrained(out / "lfg" / "lfg"),
+        lfg=diffusion_lfg(out, settings),
         unet=UNet3DFlowModel.from_pretrained(final_stage / "unet"),
-        scheduler=DAWNDDIMScheduler(),
+        scheduler=recipe_scheduler(settings),
         pbnet_pose=PBNetModel.from_pretrained(out / "pose" / "pbnet_pose"),
         pbnet_blink=PBNetModel.from_pretrained(out / "blink" / "pbnet_blink"),
         audio_encoder=HubertModel.from_pretrained(out / "audio_encoder").eval(),

@@ -526,6 +526,13 @@ class LFGAutoencoder(ModelMixin, ConfigMixin):
             the isotropic `region_var`.
         region_var (`float`, defaults to 0.01): Isotropic variance used when `use_covar_heatmap` is `False`.
         revert_axis_swap (`bool`, defaults to `True`): Undo a sign flip of a region's relative affine.
+        relative_motion_latent (`bool`, defaults to `False`): How [`motion_to_latent`] presents the motion to the
+            diffusion model. `False` is DAWN's latent: the absolute sampling grid and `occlusion * 2 - 1`. `True`
+            subtracts the identity motion (identity grid, no occlusion), so a still frame is the zero latent.
+        motion_latent_scale (`float`, defaults to 1.0): Factor applied to the motion latent after the shift, like
+            the `scaling_factor` of diffusers' VAEs: it brings the latent to about unit variance. The motion of a
+            talking head is a few hundredths of the grid's range, far below the noise a diffusion model is trained
+            to remove; DAWN's own checkpoints use 1.
     """
 
     _supports_gradient_checkpointing = True
@@ -557,8 +564,12 @@ class LFGAutoencoder(ModelMixin, ConfigMixin):
         use_covar_heatmap: bool = True,
         region_var: float = 0.01,
         revert_axis_swap: bool = True,
+        relative_motion_latent: bool = False,
+        motion_latent_scale: float = 1.0,
     ):
         super().__init__()
+        if not motion_latent_scale > 0:
+            raise ValueError(f"motion_latent_scale must be positive, got {motion_latent_scale}")
         if not pca_based:
             raise ValueError(
                 "pca_based=False (regression of region affines) is not part of DAWN and is not implemented; "
@@ -600,6 +611,42 @@ class LFGAutoencoder(ModelMixin, ConfigMixin):
         return min(self.config.max_features, self.config.block_expansion * 2**self.config.num_down_blocks)
 
     # -- source -------------------------------------------------------------------------------------------------------
+    def _identity_motion_latent(self, size: int, device, dtype) -> torch.Tensor:
+        # (3, 1, L, L): the identity grid and `1 * 2 - 1` (nothing occluded), broadcast over batch and frames.
+        grid = make_coordinate_grid(size, size, dtype=dtype, device=device).permute(2, 0, 1)
+        return torch.cat([grid, torch.ones_like(grid[:1])]).unsqueeze(1)
+
+    def motion_to_latent(self, grid: torch.Tensor, occlusion: torch.Tensor) -> torch.Tensor:
+        r"""
+        The motion latent the diffusion model generates, from the LFG's flow.
+
+        Args:
+            grid (`torch.Tensor` of shape `(batch, frames, L, L, 2)`): Sampling grids.
+            occlusion (`torch.Tensor` of shape `(batch, frames, 1, L, L)`): Occlusion maps in [0, 1].
+
+        Returns:
+            `torch.Tensor` of shape `(batch, 3, frames, L, L)`: [`flow_to_motion_latent`], minus the identity motion
+            when `relative_motion_latent`, times `motion_latent_scale`.
+        """
+        latent = flow_to_motion_latent(grid, occlusion)
+        if self.config.relative_motion_latent:
+            latent = latent - self._identity_motion_latent(latent.shape[-1], latent.device, latent.dtype)
+        return latent * self.config.motion_latent_scale
+
+    def latent_to_motion(self, motion_latent: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        r"""
+        Inverse of [`motion_to_latent`]: motion latents `(batch, 3, frames, L, L)` to the grid `(batch, frames, L, L,
+        2)` and occlusion `(batch, frames, 1, L, L)` that [`decode`] takes.
+        """
+        if motion_latent.ndim != 5 or motion_latent.shape[1] != 3:
+            raise ValueError(
+                f"motion latents must have shape (batch, 3, frames, L, L), got {tuple(motion_latent.shape)}"
+            )
+        latent = motion_latent / self.config.motion_latent_scale
+        if self.config.relative_motion_latent:
+            latent = latent + self._identity_motion_latent(latent.shape[-1], latent.device, latent.dtype)
+        return motion_latent_to_flow(latent)
+
     def encode(self, image: torch.Tensor) -> LFGSourceFeatures:
         r"""
         Encodes source images (batch, 3, S, S) in [0, 1] into the features the decoder warps.
@@ -695,7 +742,7 @@ class LFGAutoencoder(ModelMixin, ConfigMixin):
         if grid.ndim != 5 or grid.shape[-1] != 2 or occlusion.shape != (*grid.shape[:2], 1, *grid.shape[2:4]):
             raise ValueError(
                 "expected grid (batch, frames, L, L, 2) and occlusion (batch, frames, 1, L, L), got "
-                f"{tuple(grid.shape)} and {tuple(occlusion.shape)}; use `motion_latent_to_flow` on motion latents"
+                f"{tuple(grid.shape)} and {tuple(occlusion.shape)}; use `LFGAutoencoder.latent_to_motion` on motion latents"
             )
         if frames_per_batch is not None and frames_per_batch < 1:
             raise ValueError(f"frames_per_batch must be a positive integer or None, got {frames_per_batch}")

@@ -14,7 +14,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers import HubertModel, Wav2Vec2FeatureExtractor
 
 from ..loaders.lora import DAWNLoraLoaderMixin
-from ..models.lfg import LFGAutoencoder, motion_latent_to_flow
+from ..models.lfg import LFGAutoencoder
 from ..models.pbnet import PBNetModel
 from ..models.unet_3d_flow import UNet3DFlowModel
 from ..processing.audio import AUDIO_SAMPLING_RATE, VIDEO_FPS, compute_hubert_features, load_audio, num_video_frames
@@ -385,7 +385,7 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
     # ------------------------------------------------------------------------------------------------------------
     def decode_motion(self, source_features, latents: torch.Tensor, decode_chunk_size: Optional[int] = None):
         # float32 latents: the warp runs in float32, so do not round the sampling grid to the LFG's dtype first.
-        grid, occlusion = motion_latent_to_flow(latents.float())
+        grid, occlusion = self.lfg.latent_to_motion(latents.float())
         # Schedulers other than DAWN's do not clip x0, so keep the occlusion a valid blending weight.
         occlusion = occlusion.clamp(0.0, 1.0)
         return self.lfg.decode(source_features, grid, occlusion, frames_per_batch=decode_chunk_size)

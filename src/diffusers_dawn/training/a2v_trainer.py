@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.utils import BaseOutput
 
-from ..models.lfg import LFGAutoencoder, flow_to_motion_latent
+from ..models.lfg import LFGAutoencoder
 from ..processing.face import face_mask, lip_mask
 from ..processing.image import image_to_tensor
 from ..schedulers.scheduling_dawn_ddim import dynamic_threshold
@@ -310,7 +310,7 @@ def compute_motion_target(lfg: LFGAutoencoder, reference_image: torch.Tensor, fr
     motion = lfg.estimate_motion(sources, frames.reshape(-1, *frames.shape[2:]))
     grid = motion.grid.reshape(batch, num_frames, *motion.grid.shape[1:])
     occlusion = motion.occlusion.reshape(batch, num_frames, *motion.occlusion.shape[1:])
-    return flow_to_motion_latent(grid.float(), occlusion.float())
+    return lfg.motion_to_latent(grid.float(), occlusion.float())
 
 
 class MotionTargetCache:
@@ -369,7 +369,7 @@ class MotionTargetCache:
             frames = batch["frames"][sample_index, frame_index].to(lfg.dtype)
             # One clip of all missing pairs: (1, pairs, 3, S, S) with a per-pair reference.
             motion = lfg.estimate_motion(reference, frames)
-            latents = flow_to_motion_latent(motion.grid[None].float(), motion.occlusion[None].float())[0]
+            latents = lfg.motion_to_latent(motion.grid[None].float(), motion.occlusion[None].float())[0]
             for column, (b, i) in enumerate(missing):
                 computed[(b, i)] = latents[:, column]
                 self._store(self.motion, motion_keys[b][i], latents[:, column].clone())
@@ -477,8 +477,8 @@ def a2v_loss(
 
     t ~ U{0, …, T−1} per sample, ε ~ N(0, I), x_t = `noise_scheduler.add_noise(x₀, ε, t)`, ε̂ = U-Net(x_t, t,
     conditions with per-frame null dropout, source latent, face mask). The total is
-    `MSE(ε̂, ε) + lip_loss_weight · lip_loss + flow_loss_weight · flow_loss` with the flow loss on the dynamically
-    thresholded x̂₀.
+    `MSE(ε̂, ε) + lip_loss_weight · lip_loss + flow_loss_weight · flow_loss` with the flow loss on x̂₀, dynamically
+    thresholded when the scheduler's config says `thresholding` (as the sampler then does).
 
     Args:
         unet ([`UNet3DFlowModel`]): The denoiser being trained.
@@ -516,10 +516,15 @@ def a2v_loss(
     squared_error = (noise_pred - noise.float()) ** 2
     simple = squared_error.mean()
     lip = lip_weighted_loss(squared_error, mouth_mask)
-    predicted_original = dynamic_threshold(
-        predict_original_sample(noise_scheduler.alphas_cumprod, noisy_sample, noise_pred, timesteps),
-        percentile=DYNAMIC_THRESHOLD_PERCENTILE,
-    )
+    predicted_original = predict_original_sample(noise_scheduler.alphas_cumprod, noisy_sample, noise_pred, timesteps)
+    config = noise_scheduler.config
+    # Threshold x̂₀ as the sampler will (DAWN's scheduler does by default; a scaled relative motion latent must not).
+    if getattr(config, "thresholding", False):
+        predicted_original = dynamic_threshold(
+            predicted_original,
+            getattr(config, "dynamic_thresholding_ratio", DYNAMIC_THRESHOLD_PERCENTILE),
+            getattr(config, "sample_min_threshold", 1.0),
+        )
     flow = flow_loss(predicted_original, motion_target)
     total = simple + lip_loss_weight * lip + flow_loss_weight * flow
     return A2VLossOutput(loss=total, simple_loss=simple, lip_loss=lip, flow_loss=flow)
