@@ -7,7 +7,9 @@ For each held-out clip of `generate_synthetic_clip` (seeds from 100000), the pip
 `pbnet_pose` and `pbnet_blink` from the clip's first-frame pose and eye ratios (measured from its drawn landmarks, as
 the pipeline measures a portrait). Printed: the spread (standard deviation over frames) of sampled yaw / pitch / roll
 beside the ground truth's, and blinks per minute of the sampled eye ratios beside the ground truth's, counted the same
-way as `benchmarks/synthetic_lipsync.py` counts them (ratio below 3/4 of the clip's median), with their ratios.
+way as `benchmarks/synthetic_lipsync.py` counts them (ratio below 3/4 of the clip's median), with their ratios, and
+`head_step_ratio`: the mean frame-to-frame change of the sampled angles over the truth's (near 1 for motion as smooth as
+the truth at the same spread; far above 1 for jitter).
 """
 
 import argparse
@@ -39,6 +41,7 @@ def main(argv=None) -> int:
     pipe = DAWNPipeline.from_pretrained(args.model)
     noise = {} if args.noise_scale is None else {"noise_scale": args.noise_scale}
     truth_spread, sampled_spread, truth_blinks, sampled_blinks = [], [], [], []
+    truth_steps, sampled_steps = [], []
     for index in range(args.clips):
         clip = generate_synthetic_clip(args.first_seed + index, num_frames=args.frames, resolution=pipe.config.resolution)
         source = measure_face(clip.landmarks[0], clip.frames[0].shape)
@@ -52,6 +55,9 @@ def main(argv=None) -> int:
         truth = np.stack([measure_face(points, clip.frames[0].shape).pose[:3] for points in clip.landmarks])
         truth_spread.append(truth.std(0))
         sampled_spread.append(pose[:, :3].std(0))
+        # Frame-to-frame change: smooth head motion has small steps; noise of the same spread has large ones.
+        truth_steps.append(np.abs(np.diff(truth, axis=0)).mean(0))
+        sampled_steps.append(np.abs(np.diff(pose[:, :3], axis=0)).mean(0))
         truth_blinks.append(blinks_per_minute(clip.eye_ratios.mean(1), clip.fps))
         sampled_blinks.append(blinks_per_minute(blink.mean(1), clip.fps))
 
@@ -63,6 +69,7 @@ def main(argv=None) -> int:
         "head_motion_std_truth_deg": [round(float(value), 3) for value in truth_spread],
         "head_motion_std_sampled_deg": [round(float(value), 3) for value in sampled_spread],
         "head_motion_ratio": round(float(np.mean(sampled_spread / np.maximum(truth_spread, 1e-6))), 3),
+        "head_step_ratio": round(float(np.mean(np.mean(sampled_steps, 0) / np.maximum(np.mean(truth_steps, 0), 1e-6))), 3),
         "blinks_per_minute_truth": round(float(np.mean(truth_blinks)), 2),
         "blinks_per_minute_sampled": round(float(np.mean(sampled_blinks)), 2),
         "blink_rate_ratio": round(float(np.mean(sampled_blinks) / max(np.mean(truth_blinks), 1e-6)), 3),

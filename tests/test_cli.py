@@ -10,6 +10,7 @@ from skimage.data import astronaut
 
 import diffusers_dawn.cli as cli
 from diffusers_dawn.cli import main, resolve_model, scheduler_class
+from diffusers_dawn.embedded import EmbeddedModel, embedded_model_path
 from diffusers_dawn.processing.video import probe_video, read_video
 from diffusers_dawn.schedulers.scheduling_dawn_ddim import DAWNDDIMScheduler
 
@@ -159,9 +160,13 @@ def test_half_precision_on_the_cpu_is_refused_before_loading(inputs, tmp_path, c
 def test_embedded_model_names_resolve_to_package_folders(monkeypatch):
     # Names that are not registered pass through (folders, hub ids); a registered name must exist in the package.
     assert resolve_model("someone/dawn-128") == "someone/dawn-128"
-    monkeypatch.setitem(cli.EMBEDDED_MODELS, "demo", "models/not-installed")
+    monkeypatch.setitem(
+        cli.EMBEDDED_MODELS, "demo", EmbeddedModel("models/not-installed", "a test entry", "a.png", "a.wav")
+    )
     with pytest.raises(ValueError, match="embedded model 'demo' is missing"):
         resolve_model("demo")
+    with pytest.raises(ValueError, match="unknown embedded model 'nope'"):
+        embedded_model_path("nope")
 
 
 @pytest.mark.slow

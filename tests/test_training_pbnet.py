@@ -191,8 +191,9 @@ def _script_args(state, dataset, output_dir, config_path, max_steps, *extra):
         ("pose", ["--train_batch_size", "1", "--gradient_accumulation_steps", "2", "--use_ema",
                   "--kl_schedule", "linear_warmup", "--kl_start_epoch", "2", "--kl_ramp_epochs", "2",
                   "--checkpointing_steps", "2", "--validation_steps", "4"], 2),
-        # blink: 30-frame windows, batch 1 (2 steps per epoch), resumed from the middle of an epoch.
-        ("blink", ["--train_batch_size", "1", "--window_frames", "30", "--checkpointing_steps", "3"], 3),
+        # blink: 30-frame windows, batch 1 (2 steps per epoch), resumed from the middle of an epoch; a fitted prior.
+        ("blink", ["--train_batch_size", "1", "--window_frames", "30", "--checkpointing_steps", "3",
+                   "--fit_latent_prior"], 3),
     ],
 )
 @pytest.mark.slow
@@ -219,6 +220,7 @@ def test_script_trains_checkpoints_and_resumes_exactly(tiny_dataset, tmp_path, s
         assert (checkpoint / f"pbnet_{state}_ema").is_dir()
     trained = PBNetModel.from_pretrained(tmp_path / "full" / f"pbnet_{state}")
     assert trained.config.state_dim == (6 if state == "pose" else 2)
+    assert trained.has_latent_prior == ("--fit_latent_prior" in options)
     assert PatchDiscriminator1D.from_pretrained(tmp_path / "full" / "discriminator").config.state_dim == trained.config.state_dim
 
     shutil.copytree(checkpoint, tmp_path / "resumed" / checkpoint.name)
@@ -292,3 +294,81 @@ def test_script_runs_under_accelerate_launch_with_bf16(tiny_dataset, tmp_path):
     assert (output / "checkpoint-2" / "pbnet_pose" / "diffusion_pytorch_model.safetensors").is_file()
     trained = PBNetModel.from_pretrained(output / "pbnet_pose")
     assert all(torch.isfinite(value).all() for value in trained.state_dict().values())
+
+
+# -- the fitted latent prior ----------------------------------------------------------------------------------------
+def _with_prior(pbnet: PBNetModel, mean, scale_tril, correlation) -> PBNetModel:
+    return PBNetModel.from_config(
+        pbnet.config, latent_prior_mean=mean, latent_prior_scale_tril=scale_tril, latent_prior_correlation=correlation
+    )
+
+
+def test_without_a_fitted_prior_sampling_is_the_official_white_noise():
+    pbnet = tiny_pbnet().eval()
+    noise = torch.randn(2, 5, TINY_PBNET_CONFIG["latent_dim"])
+    assert not pbnet.has_latent_prior and pbnet.apply_latent_prior(noise) is noise
+
+
+def test_fitted_prior_draws_have_its_mean_covariance_and_correlation():
+    dim = TINY_PBNET_CONFIG["latent_dim"]
+    generator = torch.Generator().manual_seed(0)
+    factor = torch.randn(dim, dim, generator=generator)
+    scale_tril = torch.linalg.cholesky(factor @ factor.T / dim + torch.eye(dim))
+    mean = torch.linspace(-1, 1, dim)
+    correlation = torch.linspace(0.0, 0.95, dim)
+    pbnet = _with_prior(tiny_pbnet(), mean.tolist(), scale_tril.tolist(), correlation.tolist())
+    # Strongly correlated channels (ρ up to 0.95) need many frames for their mean to settle: 256 × 400.
+    draws = pbnet.apply_latent_prior(torch.randn(256, 400, dim, generator=generator))
+    flat = draws.reshape(-1, dim)
+    torch.testing.assert_close(flat.mean(0), mean, atol=0.15, rtol=0)
+    torch.testing.assert_close(torch.cov(flat.T), scale_tril @ scale_tril.T, atol=0.2, rtol=0.1)
+    whitened = torch.linalg.solve_triangular(scale_tril, (draws - mean).reshape(-1, dim).T, upper=False).T
+    whitened = whitened.reshape(draws.shape)
+    lag_one = (whitened[:, 1:] * whitened[:, :-1]).mean((0, 1)) / whitened.var((0, 1))
+    torch.testing.assert_close(lag_one, correlation, atol=0.03, rtol=0)
+
+
+def test_prior_config_must_be_complete_and_consistent():
+    dim = TINY_PBNET_CONFIG["latent_dim"]
+    identity = torch.eye(dim).tolist()
+    with pytest.raises(ValueError, match="give all of"):
+        _with_prior(tiny_pbnet(), [0.0] * dim, None, None)
+    with pytest.raises(ValueError, match="shapes"):
+        _with_prior(tiny_pbnet(), [0.0] * (dim + 1), identity, [0.5] * dim)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        _with_prior(tiny_pbnet(), [0.0] * dim, identity, [1.0] * dim)
+
+
+def test_fit_latent_prior_whitens_the_posterior_means_and_survives_save(tiny_dataset, tmp_path):
+    from diffusers_dawn.training.pbnet_trainer import fit_latent_prior
+
+    dataset = load_dawn_dataset(tiny_dataset)
+    pbnet = tiny_pbnet("blink").eval()
+    prior = fit_latent_prior(pbnet, dataset, "blink", window=16)
+    assert pbnet.has_latent_prior and pbnet.config.latent_prior_mean == prior["latent_prior_mean"]
+    # Recompute the posterior means window by window, as the fit sees them.
+    means = []
+    with torch.no_grad():
+        for row in dataset.with_format("numpy"):
+            states = torch.as_tensor(np.asarray(row["eye_ratios"], dtype=np.float32))
+            audio = torch.as_tensor(np.asarray(row["hubert"], dtype=np.float32))
+            for start in range(0, len(states), 16):
+                if len(states[start : start + 16]) >= 2:
+                    means.append(pbnet(states[None, start : start + 16], audio[None, start : start + 16]).mu[0])
+    frames = torch.cat(means)
+    mean = torch.tensor(prior["latent_prior_mean"])
+    scale_tril = torch.tensor(prior["latent_prior_scale_tril"])
+    torch.testing.assert_close(mean, frames.mean(0), atol=1e-5, rtol=0)
+    whitened = torch.linalg.solve_triangular(scale_tril, (frames - mean).T, upper=False)
+    torch.testing.assert_close(torch.cov(whitened), torch.eye(frames.shape[1]), atol=1e-2, rtol=0)
+    assert all(0.0 <= value < 1.0 for value in prior["latent_prior_correlation"])
+
+    pbnet.save_pretrained(tmp_path / "fitted")
+    loaded = PBNetModel.from_pretrained(tmp_path / "fitted").eval()
+    audio = torch.randn(1, 12, TINY_HUBERT_DIM)
+    initial = torch.full((1, 1, 2), 0.3)
+    sample = pbnet.sample(initial, audio, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(loaded.sample(initial, audio, generator=torch.Generator().manual_seed(3)), sample)
+    # The prior shapes the draws: the same noise decoded without it gives another sequence.
+    official = tiny_pbnet("blink").eval().sample(initial, audio, generator=torch.Generator().manual_seed(3))
+    assert not torch.allclose(official, sample)

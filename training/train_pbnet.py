@@ -54,6 +54,7 @@ from diffusers_dawn.training.pbnet_trainer import (
     PatchDiscriminator1D,
     PBNetSequenceDataset,
     collate_sequences,
+    fit_latent_prior,
     kl_weight,
     pbnet_loss,
 )
@@ -80,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     objective.add_argument("--kl_ramp_epochs", type=int, default=KL_RAMP_EPOCHS)
     objective.add_argument("--adversarial_weight", type=float, default=1.0, help="0 trains without discriminator.")
     objective.add_argument("--adversarial_update", choices=ADVERSARIAL_UPDATES, default="official")
+    objective.add_argument(
+        "--fit_latent_prior", action="store_true",
+        help="After training, fit a Gaussian prior (mean, covariance, per-channel AR(1) correlation) to the posterior "
+        "means and save it in the config, so sampling draws latents like those the decoder was trained on (for "
+        "motion that does not follow the speech; the official sampler draws i.i.d. N(0, I)).",
+    )
     optimisation = parser.add_argument_group("optimisation (PBNet)")
     optimisation.add_argument("--discriminator_learning_rate", type=float, default=None, help="Default: --learning_rate.")
     optimisation.add_argument("--adam_weight_decay", type=float, default=1e-2, help="AdamW default, as officially.")
@@ -256,7 +263,13 @@ def main(argv: Optional[List[str]] = None):
         validation=lambda step: log_validation(pbnet, dataset, args, accelerator, step),
     )
     accelerator.wait_for_everyone()
-    save_final_model(accelerator, pbnet, args.output_dir, model_name, ema)
+    finalize = None
+    if args.fit_latent_prior:
+        def finalize(model):
+            prior = fit_latent_prior(model, dataset, args.state, window=args.window_frames)
+            logger.info("Fitted the latent prior: lag-one correlations %s",
+                        [round(value, 3) for value in prior["latent_prior_correlation"]])
+    save_final_model(accelerator, pbnet, args.output_dir, model_name, ema, finalize=finalize)
     if use_discriminator:
         save_final_model(accelerator, discriminator, args.output_dir, DISCRIMINATOR_FOLDER)
     if args.push_to_hub and accelerator.is_main_process:

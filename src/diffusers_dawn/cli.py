@@ -8,14 +8,13 @@ import sys
 import time
 from typing import Dict, List, Optional
 
-ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
+from .embedded import ASSETS, EMBEDDED_MODELS, embedded_demo_inputs, embedded_model_path
 
-# Package data folders (under `diffusers_dawn/assets/`) of demo pipelines that `generate --model NAME` can use by name
-# instead of a folder or hub id. Empty until a demo model ships with the package.
-EMBEDDED_MODELS: Dict[str, str] = {}
 
-# `--model` default: a tiny pipeline with random weights, built on the fly (nothing to download). It runs every stage
-# of the real pipeline on the bundled demo portrait and speech, but its frames are scrambled: no face, no lip sync.
+# `--model` default: the first embedded (trained) pipeline, with its own held-out portrait and speech as inputs.
+DEFAULT_MODEL = next(iter(EMBEDDED_MODELS))
+# A tiny pipeline with random weights, built on the fly (for tests and to check an installation): it runs every stage
+# of the real pipeline on the bundled demo photo and speech, but its frames are scrambled: no face, no lip sync.
 RANDOM_DEMO_MODEL = "tiny-random"
 DEMO_ASSETS = os.path.join(ASSETS, "demo")
 DEMO_IMAGE = os.path.join(DEMO_ASSETS, "portrait.jpg")
@@ -116,18 +115,23 @@ def convert_from_hub_command(args: argparse.Namespace) -> int:
 # generate
 # ---------------------------------------------------------------------------------------------------------------------
 def resolve_model(model: str) -> str:
-    """A registered demo model name → its package folder; anything else (folder, hub id) is returned unchanged."""
+    """An embedded model name → its package folder; anything else (folder, hub id) is returned unchanged."""
     if model in EMBEDDED_MODELS:
-        folder = os.path.join(ASSETS, EMBEDDED_MODELS[model])
-        if not os.path.isfile(os.path.join(folder, "model_index.json")):
-            raise CommandError(f"the embedded model {model!r} is missing from this installation ({folder})")
-        return folder
+        try:
+            return embedded_model_path(model)
+        except FileNotFoundError as error:
+            raise CommandError(str(error)) from None
     if os.path.exists(model) and not os.path.isfile(os.path.join(model, "model_index.json")):
         raise CommandError(
             f"{model}: not a pipeline folder (no model_index.json); create one with `{PROGRAM} convert` or pass a "
             "hub id"
         )
     return model
+
+
+def default_inputs(model: str):
+    """The portrait and speech `generate` uses when none is given: an embedded model's own, else the bundled demo."""
+    return embedded_demo_inputs(model) if model in EMBEDDED_MODELS else (DEMO_IMAGE, DEMO_AUDIO)
 
 
 def scheduler_class(name: str):
@@ -259,6 +263,9 @@ def generate_command(args: argparse.Namespace) -> int:
         return run_batch_command(args)
     if args.output is None:
         raise CommandError("--output is required (or --batch JOBS.csv for many videos)")
+    default_image, default_audio = default_inputs(args.model)
+    args.image = default_image if args.image is None else args.image
+    args.audio = default_audio if args.audio is None else args.audio
     from .utils.io import check_output_file
 
     # The output is checked first: nothing else must run (least of all a model load) if it cannot be written.
@@ -312,9 +319,9 @@ def demo_command(args: argparse.Namespace) -> int:
     except ImportError:
         raise CommandError('the demo needs Gradio: pip install "diffusers-dawn[demo]"') from None
     from .demo.app import build_demo, launch_demo
-    from .demo.handlers import DemoSession, default_model
+    from .demo.handlers import DemoSession
 
-    session = DemoSession(args.model or [default_model(), *EMBEDDED_MODELS], device=args.device, dtype=args.dtype)
+    session = DemoSession(args.model or list(EMBEDDED_MODELS), device=args.device, dtype=args.dtype)
     launch_demo(build_demo(session), host=args.host, port=args.port)
     return 0
 
@@ -393,20 +400,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.add_argument(
         "--model",
-        default=RANDOM_DEMO_MODEL,
+        default=DEFAULT_MODEL,
         metavar="DIR_OR_HUB_ID",
-        help="pipeline folder (from `convert`), hub id"
-        + (f", one of the embedded models {sorted(EMBEDDED_MODELS)}" if EMBEDDED_MODELS else "")
-        + f" (default: {RANDOM_DEMO_MODEL}, a tiny random-weight pipeline for a first run; no lip sync)",
+        help="pipeline folder (from `convert`), hub id, an embedded model ("
+        + "; ".join(f"{name}: {model.summary}" for name, model in EMBEDDED_MODELS.items())
+        + f") or {RANDOM_DEMO_MODEL} (random weights, to check an installation; no face, no lip sync); default: "
+        + DEFAULT_MODEL,
     )
     generate.add_argument(
-        "--image", default=DEMO_IMAGE, metavar="IMG", help="portrait (any image file; default: the bundled demo)"
+        "--image",
+        metavar="IMG",
+        help="portrait (any image file; default: the embedded model's own held-out portrait, else a bundled photo)",
     )
     generate.add_argument(
         "--audio",
-        default=DEMO_AUDIO,
         metavar="AUDIO",
-        help="speech (wav, flac, mp3, m4a or a video; default: a bundled 3 s synthetic speech clip)",
+        help="speech (wav, flac, mp3, m4a or a video; default: the embedded model's own held-out clip, else a "
+        "bundled 3 s synthetic speech clip)",
     )
     generate.add_argument("--output", metavar="OUT.mp4", help="video file to write (required without --batch)")
     generate.add_argument("--steps", type=int, default=20, metavar="N", help="denoising steps (default: 20)")
@@ -470,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="DIR_OR_HUB_ID",
         help="model offered in the page (repeat for several; the first is preselected; default: the embedded "
-        f"models, else {RANDOM_DEMO_MODEL})",
+        "models)",
     )
     demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine)")
     demo.add_argument("--port", type=int, metavar="N", help="port (default: 7860, or the next free one)")

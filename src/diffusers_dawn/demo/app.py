@@ -22,7 +22,6 @@ from .handlers import (  # noqa: E402
     MAX_STEPS,
     DemoInputError,
     DemoSession,
-    default_model,
     supports_full_frame,
 )
 
@@ -65,7 +64,7 @@ def build_demo(session: Optional[DemoSession] = None, models: Optional[Sequence[
         models: Model names offered in the page (default: the embedded models, else `tiny-random`).
     """
     if session is None:
-        session = DemoSession(models or [default_model(), *cli.EMBEDDED_MODELS])
+        session = DemoSession(models or list(cli.EMBEDDED_MODELS))
     user_errors = cli._user_errors()
 
     def face_crop(portrait, model=session.models[0]):

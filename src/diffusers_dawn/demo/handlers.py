@@ -46,11 +46,6 @@ class GenerationResult:
     seconds: float
 
 
-def default_model() -> str:
-    """The model the page selects first: the first embedded (trained) model, else the random-weight one."""
-    return next(iter(cli.EMBEDDED_MODELS), cli.RANDOM_DEMO_MODEL)
-
-
 def supports_full_frame() -> bool:
     """Whether this installation's pipeline can paste the generated face back into the full portrait."""
     from ..pipelines.pipeline_dawn import DAWNPipeline

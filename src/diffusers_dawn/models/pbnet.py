@@ -234,6 +234,23 @@ class PBNetDecoder(nn.Module):
         return self.proj_out(hidden_states)
 
 
+def _check_latent_prior(latent_dim: int, mean, scale_tril, correlation) -> None:
+    given = [value is not None for value in (mean, scale_tril, correlation)]
+    if not any(given):
+        return
+    if not all(given):
+        raise ValueError(
+            "give all of `latent_prior_mean`, `latent_prior_scale_tril` and `latent_prior_correlation` (a fitted "
+            "prior) or none of them (the official N(0, I))"
+        )
+    shapes = tuple(tuple(torch.tensor(value).shape) for value in (mean, scale_tril, correlation))
+    expected = ((latent_dim,), (latent_dim, latent_dim), (latent_dim,))
+    if shapes != expected:
+        raise ValueError(f"the latent prior needs shapes {expected} for latent_dim={latent_dim}, got {shapes}")
+    if not all(0.0 <= value < 1.0 for value in correlation):
+        raise ValueError(f"`latent_prior_correlation` values must lie in [0, 1), got {list(correlation)}")
+
+
 class PBNetModel(ModelMixin, ConfigMixin, AttentionMixin):
     r"""
     PBNet, DAWN's pose / blink generator: a transformer conditional VAE with one latent per frame that predicts the
@@ -276,6 +293,15 @@ class PBNetModel(ModelMixin, ConfigMixin, AttentionMixin):
             network works on `(state - state_min) / (state_max - state_min)`. `None` (blink) means raw states.
             Defaults to the pose range `[-90, -90, -90, 0, 0, 0]`.
         state_max (`Sequence[float]`, *optional*): Per-channel maximum, defaults to `[90, 90, 90, 1, 720, 1080]`.
+        latent_prior_mean (`Sequence[float]`, *optional*), latent_prior_scale_tril (`Sequence[Sequence[float]]`,
+        *optional*), latent_prior_correlation (`Sequence[float]`, *optional*):
+            A Gaussian prior fitted to the encoder's posterior means after training (see
+            `diffusers_dawn.training.pbnet_trainer.fit_latent_prior`), used by [`~PBNetModel.sample`] instead of the
+            official i.i.d. `N(0, I)`: `z_t = mean + L · a_t`, where `L` is the lower-triangular `scale_tril`
+            (`latent_dim × latent_dim`) and each channel of `a` is a stationary AR(1) process of unit variance with
+            lag-one correlation `correlation`. A model whose motion does not follow the speech (random head motion,
+            blinks) needs it: its decoder reads temporally smooth, correlated latents, which white noise is not.
+            `None` (all three): the official prior.
     """
 
     @register_to_config
@@ -298,8 +324,12 @@ class PBNetModel(ModelMixin, ConfigMixin, AttentionMixin):
         rotary_dim: int = 4,
         state_min: Optional[Sequence[float]] = POSE_STATE_MIN,
         state_max: Optional[Sequence[float]] = POSE_STATE_MAX,
+        latent_prior_mean: Optional[Sequence[float]] = None,
+        latent_prior_scale_tril: Optional[Sequence[Sequence[float]]] = None,
+        latent_prior_correlation: Optional[Sequence[float]] = None,
     ):
         super().__init__()
+        _check_latent_prior(latent_dim, latent_prior_mean, latent_prior_scale_tril, latent_prior_correlation)
         if (state_min is None) != (state_max is None):
             raise ValueError("give both `state_min` and `state_max` (pose) or neither (blink: raw states)")
         if state_min is not None:
@@ -443,6 +473,30 @@ class PBNetModel(ModelMixin, ConfigMixin, AttentionMixin):
             return torch.cat(draws, dim=1).transpose(0, 1)
         return self._randn(shape, generator, device, dtype).transpose(0, 1)
 
+    @property
+    def has_latent_prior(self) -> bool:
+        """Whether [`~PBNetModel.sample`] uses a fitted latent prior instead of the official `N(0, I)`."""
+        return self.config.latent_prior_mean is not None
+
+    def apply_latent_prior(self, noise: torch.Tensor) -> torch.Tensor:
+        r"""
+        Standard normal draws `(batch, frames, latent_dim)` → latents of the fitted prior (unchanged without one):
+        `a_0 = ε_0`, `a_t = ρ·a_{t−1} + sqrt(1 − ρ²)·ε_t` per channel, then `z_t = mean + L·a_t`.
+        """
+        if not self.has_latent_prior:
+            return noise
+        options = dict(device=noise.device, dtype=torch.float32)
+        mean = torch.tensor(self.config.latent_prior_mean, **options)
+        scale_tril = torch.tensor(self.config.latent_prior_scale_tril, **options)
+        correlation = torch.tensor(self.config.latent_prior_correlation, **options)
+        innovation = (1 - correlation**2).sqrt()
+        noise = noise.float()
+        steps = [noise[:, 0]]
+        for frame in range(1, noise.shape[1]):
+            steps.append(correlation * steps[-1] + innovation * noise[:, frame])
+        process = torch.stack(steps, dim=1)
+        return (mean + process @ scale_tril.T).to(noise.dtype)
+
     @staticmethod
     def _randn(shape, generator, device, dtype) -> torch.Tensor:
         # Draw where the generator lives (a CPU generator for a GPU model), then move.
@@ -469,9 +523,10 @@ class PBNetModel(ModelMixin, ConfigMixin, AttentionMixin):
             audio_features (`torch.Tensor` of shape `(batch, frames, audio_dim)`): Speech features, 25 per second.
             lengths (`torch.Tensor` or list of `int`, *optional*): Valid frames per sequence; all by default.
             generator (`torch.Generator` or list of them, *optional*): Source of the latent noise.
-            latents (`torch.Tensor` of shape `(batch, frames, latent_dim)`, *optional*): Latents to use instead of
-                drawing them (they are still multiplied by `noise_scale`).
-            noise_scale (`float`, defaults to 1.0): Factor on the latents (the official `fact`).
+            latents (`torch.Tensor` of shape `(batch, frames, latent_dim)`, *optional*): Standard normal draws to
+                use instead of drawing them (they are still multiplied by `noise_scale` and, with a fitted prior,
+                shaped by it).
+            noise_scale (`float`, defaults to 1.0): Factor on the draws (the official `fact`).
 
         Returns:
             `torch.Tensor` of shape `(batch, frames, state_dim)`: Δ, in network units, zero at padded frames; the
@@ -489,7 +544,8 @@ class PBNetModel(ModelMixin, ConfigMixin, AttentionMixin):
             raise ValueError(
                 f"`latents` must have shape {expected} (batch, frames, latent_dim), got {tuple(latents.shape)}"
             )
-        latents = (latents * noise_scale).to(device=audio_features.device, dtype=audio_features.dtype)
+        latents = self.apply_latent_prior(latents * noise_scale)
+        latents = latents.to(device=audio_features.device, dtype=audio_features.dtype)
         return self._decode(initial_state, latents, audio_features, lengths)
 
     @torch.no_grad()

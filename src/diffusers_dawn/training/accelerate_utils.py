@@ -454,13 +454,19 @@ def create_ema(model: torch.nn.Module, decay: float) -> "EMAModel":
 
 
 def save_final_model(accelerator: Accelerator, model: torch.nn.Module, output_dir: str, name: str,
-                     ema: Optional["EMAModel"] = None) -> Path:
-    """Saves the trained model to `output_dir/<name>` with `save_pretrained` (EMA weights if `ema` is given)."""
+                     ema: Optional["EMAModel"] = None, finalize: Optional[Callable[[torch.nn.Module], None]] = None
+                     ) -> Path:
+    """
+    Saves the trained model to `output_dir/<name>` with `save_pretrained` (EMA weights if `ema` is given);
+    `finalize(model)` runs just before, on the weights that are saved (e.g. to fit what depends on them).
+    """
     target = Path(output_dir) / name
     unwrapped = accelerator.unwrap_model(model)
     if ema is not None:
         ema.store(unwrapped.parameters())
         ema.copy_to(unwrapped.parameters())
+    if finalize is not None:
+        finalize(unwrapped)
     if accelerator.is_main_process:
         with atomic_folder(target) as partial:
             unwrapped.save_pretrained(partial)

@@ -230,3 +230,69 @@ def collate_sequences(samples) -> Dict[str, torch.Tensor]:
         "audio_features": torch.stack([pad(sample["audio_features"]) for sample in samples]),
         "lengths": lengths,
     }
+
+
+@torch.no_grad()
+def fit_latent_prior(
+    pbnet: PBNetModel, dataset, state: str, window: int = WINDOW_FRAMES, jitter: float = 1e-5
+) -> Dict[str, list]:
+    r"""
+    Fits the Gaussian latent prior of [`PBNetModel`] (`latent_prior_*` config entries) to the encoder's posterior
+    means over every training video, and writes it into the model's config.
+
+    The means of all frames give the prior's mean and covariance (`L` = its Cholesky factor, with `jitter` on the
+    diagonal); each channel of the whitened means `L⁻¹(μ − mean)` gives its lag-one autocorrelation (pooled over
+    videos, clipped to [0, 0.999]). Videos longer than `window` frames are encoded in consecutive windows.
+
+    Sampling from `N(0, I)` suits a CVAE whose KL term has pulled the posterior to it; a PBNet trained with a small
+    or zero KL weight (as the official schedule is for its first 10,000 epochs) has posterior means far from white
+    noise, and its decoder then turns white noise into little, jittery motion.
+
+    Args:
+        pbnet ([`PBNetModel`]): The trained network (its `normalize_states` is applied to the states).
+        dataset (`datasets.Dataset`): Training rows with the state column and `hubert`.
+        state (`str`): `"pose"` or `"blink"`.
+        window (`int`, defaults to 200): Longest sequence given to the encoder.
+        jitter (`float`, defaults to 1e-5): Added to the covariance's diagonal.
+
+    Returns:
+        The fitted config entries (`latent_prior_mean`, `latent_prior_scale_tril`, `latent_prior_correlation`).
+    """
+    if state not in STATE_COLUMNS:
+        raise ValueError(f"state must be 'pose' or 'blink', got {state!r}")
+    rows = dataset.select_columns([STATE_COLUMNS[state], "hubert"]).with_format("numpy")
+    was_training = pbnet.training
+    pbnet.eval()
+    device = next(pbnet.parameters()).device
+    means = []
+    for row in rows:
+        states = torch.as_tensor(np.asarray(row[STATE_COLUMNS[state]], dtype=np.float32))
+        audio = torch.as_tensor(np.asarray(row["hubert"], dtype=np.float32))
+        length = min(len(states), len(audio))
+        for start in range(0, length, window):
+            chunk = slice(start, min(start + window, length))
+            if chunk.stop - chunk.start < 2:
+                continue
+            network_states = pbnet.normalize_states(states[chunk][None].to(device))
+            output = pbnet(network_states, audio[chunk][None].to(device))
+            means.append(output.mu[0].float().cpu())
+    pbnet.train(was_training)
+    if not means:
+        raise ValueError("the dataset has no sequence of 2 frames or more to fit the latent prior on")
+    frames = torch.cat(means)
+    mean = frames.mean(0)
+    covariance = torch.cov((frames - mean).T.double()) + jitter * torch.eye(frames.shape[1], dtype=torch.float64)
+    scale_tril = torch.linalg.cholesky(covariance)
+    lagged, total = torch.zeros(frames.shape[1], dtype=torch.float64), torch.zeros(frames.shape[1], dtype=torch.float64)
+    for sequence in means:
+        whitened = torch.linalg.solve_triangular(scale_tril, (sequence - mean).T.double(), upper=False).T
+        lagged += (whitened[1:] * whitened[:-1]).sum(0)
+        total += (whitened**2).sum(0)
+    correlation = (lagged / total.clamp(min=1e-12)).clamp(0.0, 0.999)
+    prior = {
+        "latent_prior_mean": mean.tolist(),
+        "latent_prior_scale_tril": scale_tril.float().tolist(),
+        "latent_prior_correlation": correlation.float().tolist(),
+    }
+    pbnet.register_to_config(**prior)
+    return prior
