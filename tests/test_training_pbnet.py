@@ -328,6 +328,24 @@ def test_fitted_prior_draws_have_its_mean_covariance_and_correlation():
     torch.testing.assert_close(lag_one, correlation, atol=0.03, rtol=0)
 
 
+def test_fitted_prior_quantiles_give_each_channel_its_marginal():
+    dim = TINY_PBNET_CONFIG["latent_dim"]
+    levels = (torch.arange(32) + 0.5) / 32
+    # Channel d follows an exponential distribution of rate d + 1 (skewed, heavy right tail), shifted to mean 0.
+    rates = torch.arange(1, dim + 1).float()
+    table = -torch.log1p(-levels)[:, None] / rates - 1 / rates
+    pbnet = PBNetModel.from_config(
+        tiny_pbnet().config,
+        latent_prior_mean=[0.0] * dim,
+        latent_prior_scale_tril=torch.eye(dim).tolist(),
+        latent_prior_correlation=[0.5] * dim,
+        latent_prior_quantiles=table.tolist(),
+    )
+    draws = pbnet.apply_latent_prior(torch.randn(64, 500, dim, generator=torch.Generator().manual_seed(1)))
+    measured = torch.quantile(draws.reshape(-1, dim), levels[4:-4], dim=0)
+    torch.testing.assert_close(measured, table[4:-4], atol=0.03, rtol=0.05)
+
+
 def test_prior_config_must_be_complete_and_consistent():
     dim = TINY_PBNET_CONFIG["latent_dim"]
     identity = torch.eye(dim).tolist()
@@ -337,6 +355,11 @@ def test_prior_config_must_be_complete_and_consistent():
         _with_prior(tiny_pbnet(), [0.0] * (dim + 1), identity, [0.5] * dim)
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         _with_prior(tiny_pbnet(), [0.0] * dim, identity, [1.0] * dim)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        PBNetModel.from_config(
+            tiny_pbnet().config, latent_prior_mean=[0.0] * dim, latent_prior_scale_tril=identity,
+            latent_prior_correlation=[0.5] * dim, latent_prior_quantiles=[[1.0] * dim, [0.0] * dim],
+        )
 
 
 def test_fit_latent_prior_whitens_the_posterior_means_and_survives_save(tiny_dataset, tmp_path):
@@ -361,6 +384,9 @@ def test_fit_latent_prior_whitens_the_posterior_means_and_survives_save(tiny_dat
     torch.testing.assert_close(mean, frames.mean(0), atol=1e-5, rtol=0)
     whitened = torch.linalg.solve_triangular(scale_tril, (frames - mean).T, upper=False)
     torch.testing.assert_close(torch.cov(whitened), torch.eye(frames.shape[1]), atol=1e-2, rtol=0)
+    levels = (torch.arange(64) + 0.5) / 64
+    expected_quantiles = torch.quantile(whitened.T.double(), levels.double(), dim=0).float()
+    torch.testing.assert_close(torch.tensor(prior["latent_prior_quantiles"]), expected_quantiles, atol=1e-4, rtol=0)
     assert all(0.0 <= value < 1.0 for value in prior["latent_prior_correlation"])
 
     pbnet.save_pretrained(tmp_path / "fitted")

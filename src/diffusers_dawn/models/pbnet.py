@@ -234,9 +234,11 @@ class PBNetDecoder(nn.Module):
         return self.proj_out(hidden_states)
 
 
-def _check_latent_prior(latent_dim: int, mean, scale_tril, correlation) -> None:
+def _check_latent_prior(latent_dim: int, mean, scale_tril, correlation, quantiles=None) -> None:
     given = [value is not None for value in (mean, scale_tril, correlation)]
     if not any(given):
+        if quantiles is not None:
+            raise ValueError("`latent_prior_quantiles` needs the rest of the latent prior (mean, scale_tril, correlation)")
         return
     if not all(given):
         raise ValueError(
@@ -249,6 +251,24 @@ def _check_latent_prior(latent_dim: int, mean, scale_tril, correlation) -> None:
         raise ValueError(f"the latent prior needs shapes {expected} for latent_dim={latent_dim}, got {shapes}")
     if not all(0.0 <= value < 1.0 for value in correlation):
         raise ValueError(f"`latent_prior_correlation` values must lie in [0, 1), got {list(correlation)}")
+    if quantiles is not None:
+        table = torch.tensor(quantiles)
+        if table.ndim != 2 or table.shape[0] < 2 or table.shape[1] != latent_dim:
+            raise ValueError(
+                f"`latent_prior_quantiles` must have shape (levels >= 2, {latent_dim}), got {tuple(table.shape)}"
+            )
+        if bool((table[1:] < table[:-1]).any()):
+            raise ValueError("`latent_prior_quantiles` must be non-decreasing along the levels of each channel")
+
+
+def _interpolate_columns(values: torch.Tensor, levels: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Per channel d, piecewise-linear interpolation of `values[..., d]` in (`levels`, `table[:, d]`), clamped."""
+    flat = values.reshape(-1, values.shape[-1]).clamp(levels[0], levels[-1])
+    upper = torch.searchsorted(levels, flat.T.contiguous(), right=True).clamp(1, len(levels) - 1).T
+    lower = upper - 1
+    weight = (flat - levels[lower]) / (levels[upper] - levels[lower])
+    low_values, high_values = table.gather(0, lower), table.gather(0, upper)
+    return torch.lerp(low_values, high_values, weight).reshape(values.shape)
 
 
 class PBNetModel(ModelMixin, ConfigMixin, AttentionMixin):
@@ -294,14 +314,17 @@ class PBNetModel(ModelMixin, ConfigMixin, AttentionMixin):
             Defaults to the pose range `[-90, -90, -90, 0, 0, 0]`.
         state_max (`Sequence[float]`, *optional*): Per-channel maximum, defaults to `[90, 90, 90, 1, 720, 1080]`.
         latent_prior_mean (`Sequence[float]`, *optional*), latent_prior_scale_tril (`Sequence[Sequence[float]]`,
-        *optional*), latent_prior_correlation (`Sequence[float]`, *optional*):
-            A Gaussian prior fitted to the encoder's posterior means after training (see
+        *optional*), latent_prior_correlation (`Sequence[float]`, *optional*), latent_prior_quantiles
+        (`Sequence[Sequence[float]]`, *optional*):
+            A prior fitted to the encoder's posterior means after training (see
             `diffusers_dawn.training.pbnet_trainer.fit_latent_prior`), used by [`~PBNetModel.sample`] instead of the
-            official i.i.d. `N(0, I)`: `z_t = mean + L · a_t`, where `L` is the lower-triangular `scale_tril`
-            (`latent_dim × latent_dim`) and each channel of `a` is a stationary AR(1) process of unit variance with
-            lag-one correlation `correlation`. A model whose motion does not follow the speech (random head motion,
-            blinks) needs it: its decoder reads temporally smooth, correlated latents, which white noise is not.
-            `None` (all three): the official prior.
+            official i.i.d. `N(0, I)`: `z_t = mean + L · w_t`, where `L` is the lower-triangular `scale_tril`
+            (`latent_dim × latent_dim`) and each channel of `w` is a stationary AR(1) Gaussian process of unit
+            variance with lag-one correlation `correlation`, mapped through the channel's quantile function when
+            `quantiles` (`levels × latent_dim`, at probabilities `(k + 1/2) / levels`) is given: rare events such as
+            blinks make some channels heavy-tailed, which a Gaussian does not reproduce. A model whose motion does not
+            follow the speech (random head motion, blinks) needs such a prior: its decoder reads temporally smooth,
+            correlated latents, which white noise is not. `None` (all): the official prior.
     """
 
     @register_to_config
@@ -327,9 +350,12 @@ class PBNetModel(ModelMixin, ConfigMixin, AttentionMixin):
         latent_prior_mean: Optional[Sequence[float]] = None,
         latent_prior_scale_tril: Optional[Sequence[Sequence[float]]] = None,
         latent_prior_correlation: Optional[Sequence[float]] = None,
+        latent_prior_quantiles: Optional[Sequence[Sequence[float]]] = None,
     ):
         super().__init__()
-        _check_latent_prior(latent_dim, latent_prior_mean, latent_prior_scale_tril, latent_prior_correlation)
+        _check_latent_prior(
+            latent_dim, latent_prior_mean, latent_prior_scale_tril, latent_prior_correlation, latent_prior_quantiles
+        )
         if (state_min is None) != (state_max is None):
             raise ValueError("give both `state_min` and `state_max` (pose) or neither (blink: raw states)")
         if state_min is not None:
@@ -481,7 +507,8 @@ class PBNetModel(ModelMixin, ConfigMixin, AttentionMixin):
     def apply_latent_prior(self, noise: torch.Tensor) -> torch.Tensor:
         r"""
         Standard normal draws `(batch, frames, latent_dim)` → latents of the fitted prior (unchanged without one):
-        `a_0 = ε_0`, `a_t = ρ·a_{t−1} + sqrt(1 − ρ²)·ε_t` per channel, then `z_t = mean + L·a_t`.
+        `a_0 = ε_0`, `a_t = ρ·a_{t−1} + sqrt(1 − ρ²)·ε_t` per channel, `w = Q(Φ(a))` with the channel's quantile
+        function `Q` (or `w = a` without quantiles), then `z_t = mean + L·w_t`.
         """
         if not self.has_latent_prior:
             return noise
@@ -495,6 +522,10 @@ class PBNetModel(ModelMixin, ConfigMixin, AttentionMixin):
         for frame in range(1, noise.shape[1]):
             steps.append(correlation * steps[-1] + innovation * noise[:, frame])
         process = torch.stack(steps, dim=1)
+        if self.config.latent_prior_quantiles is not None:
+            table = torch.tensor(self.config.latent_prior_quantiles, **options)
+            levels = (torch.arange(table.shape[0], **options) + 0.5) / table.shape[0]
+            process = _interpolate_columns(torch.special.ndtr(process), levels, table)
         return (mean + process @ scale_tril.T).to(noise.dtype)
 
     @staticmethod

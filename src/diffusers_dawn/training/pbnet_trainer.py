@@ -234,15 +234,22 @@ def collate_sequences(samples) -> Dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def fit_latent_prior(
-    pbnet: PBNetModel, dataset, state: str, window: int = WINDOW_FRAMES, jitter: float = 1e-5
+    pbnet: PBNetModel,
+    dataset,
+    state: str,
+    window: int = WINDOW_FRAMES,
+    jitter: float = 1e-5,
+    quantile_levels: int = 64,
 ) -> Dict[str, list]:
     r"""
     Fits the Gaussian latent prior of [`PBNetModel`] (`latent_prior_*` config entries) to the encoder's posterior
     means over every training video, and writes it into the model's config.
 
     The means of all frames give the prior's mean and covariance (`L` = its Cholesky factor, with `jitter` on the
-    diagonal); each channel of the whitened means `L⁻¹(μ − mean)` gives its lag-one autocorrelation (pooled over
-    videos, clipped to [0, 0.999]). Videos longer than `window` frames are encoded in consecutive windows.
+    diagonal). Each channel of the whitened means `w = L⁻¹(μ − mean)` gives its quantiles (`quantile_levels`
+    probabilities `(k + 1/2) / levels`; 0 keeps the channels Gaussian) and, on its normal scores `Φ⁻¹(rank)`, its
+    lag-one autocorrelation (pooled over videos, clipped to [0, 0.999]). Videos longer than `window` frames are
+    encoded in consecutive windows.
 
     Sampling from `N(0, I)` suits a CVAE whose KL term has pulled the posterior to it; a PBNet trained with a small
     or zero KL weight (as the official schedule is for its first 10,000 epochs) has posterior means far from white
@@ -254,9 +261,11 @@ def fit_latent_prior(
         state (`str`): `"pose"` or `"blink"`.
         window (`int`, defaults to 200): Longest sequence given to the encoder.
         jitter (`float`, defaults to 1e-5): Added to the covariance's diagonal.
+        quantile_levels (`int`, defaults to 64): Quantiles stored per channel (0: a Gaussian prior).
 
     Returns:
-        The fitted config entries (`latent_prior_mean`, `latent_prior_scale_tril`, `latent_prior_correlation`).
+        The fitted config entries (`latent_prior_mean`, `latent_prior_scale_tril`, `latent_prior_correlation`,
+        `latent_prior_quantiles`).
     """
     if state not in STATE_COLUMNS:
         raise ValueError(f"state must be 'pose' or 'blink', got {state!r}")
@@ -283,16 +292,30 @@ def fit_latent_prior(
     mean = frames.mean(0)
     covariance = torch.cov((frames - mean).T.double()) + jitter * torch.eye(frames.shape[1], dtype=torch.float64)
     scale_tril = torch.linalg.cholesky(covariance)
-    lagged, total = torch.zeros(frames.shape[1], dtype=torch.float64), torch.zeros(frames.shape[1], dtype=torch.float64)
-    for sequence in means:
-        whitened = torch.linalg.solve_triangular(scale_tril, (sequence - mean).T.double(), upper=False).T
-        lagged += (whitened[1:] * whitened[:-1]).sum(0)
-        total += (whitened**2).sum(0)
+    whitened = [
+        torch.linalg.solve_triangular(scale_tril, (sequence - mean).T.double(), upper=False).T for sequence in means
+    ]
+    all_whitened = torch.cat(whitened)
+    # Normal scores (Gaussianised ranks) of each channel: the AR(1) process runs in that space before the quantile map.
+    ranks = all_whitened.argsort(0).argsort(0).double()
+    scores = torch.special.ndtri((ranks + 0.5) / len(all_whitened)) if quantile_levels else all_whitened
+    lagged = torch.zeros(frames.shape[1], dtype=torch.float64)
+    total = torch.zeros(frames.shape[1], dtype=torch.float64)
+    start = 0
+    for sequence in whitened:
+        channel_scores = scores[start : start + len(sequence)]
+        start += len(sequence)
+        lagged += (channel_scores[1:] * channel_scores[:-1]).sum(0)
+        total += (channel_scores**2).sum(0)
     correlation = (lagged / total.clamp(min=1e-12)).clamp(0.0, 0.999)
     prior = {
         "latent_prior_mean": mean.tolist(),
         "latent_prior_scale_tril": scale_tril.float().tolist(),
         "latent_prior_correlation": correlation.float().tolist(),
+        "latent_prior_quantiles": None,
     }
+    if quantile_levels:
+        levels = (torch.arange(quantile_levels, dtype=torch.float64) + 0.5) / quantile_levels
+        prior["latent_prior_quantiles"] = torch.quantile(all_whitened, levels, dim=0).float().tolist()
     pbnet.register_to_config(**prior)
     return prior
