@@ -169,14 +169,24 @@ def test_embedded_model_names_resolve_to_package_folders(monkeypatch):
         embedded_model_path("nope")
 
 
-@pytest.mark.slow
 def test_demo_runs_with_no_arguments_but_the_output(tmp_path, capsys):
-    """The README's first command: the tiny random pipeline on the bundled portrait and 3 s speech clip."""
+    """The README's first command: the embedded synthetic-demo model on its own held-out portrait and 4 s of speech."""
     output = tmp_path / "demo.mp4"
-    assert main(["generate", "--output", str(output), "--steps", "1", "--device", "cpu"]) == 0
+    assert main(["generate", "--output", str(output), "--steps", "2", "--device", "cpu"]) == 0
+    assert "random weights" not in capsys.readouterr().err
+    info = probe_video(output)
+    assert (info["video_codec"], info["audio_codec"]) == ("h264", "aac")
+    assert (info["width"], info["height"], info["num_frames"]) == (64, 64, 100)  # 4.00 s at 25 fps, the model's size
+    assert info["audio_duration"] == pytest.approx(4.0, abs=0.065)  # rounded up to whole AAC frames (64 ms)
+
+
+@pytest.mark.slow
+def test_random_weight_model_runs_on_the_bundled_photo(tmp_path, capsys):
+    """`--model tiny-random` checks an installation: every stage runs, on the bundled photo and 3 s speech clip."""
+    output = tmp_path / "random.mp4"
+    assert main(["generate", "--model", "tiny-random", "--output", str(output), "--steps", "1", "--device", "cpu"]) == 0
     captured = capsys.readouterr()
     assert "random weights" in captured.err and "not lip sync" in captured.err
     info = probe_video(output)
-    assert (info["video_codec"], info["audio_codec"]) == ("h264", "aac")
     assert (info["width"], info["height"], info["num_frames"]) == (128, 128, 75)  # 3.00 s at 25 fps
     assert info["audio_duration"] == pytest.approx(3.0, abs=0.03)
