@@ -170,13 +170,6 @@ def resolve_device_and_dtype(device: Optional[str], dtype: str):
     return device, torch_dtype
 
 
-def _dtype_argument(torch_dtype) -> Dict:
-    # diffusers 0.42 renamed `torch_dtype` to `dtype` (the old name warns); older releases only know `torch_dtype`.
-    from diffusers.pipelines import pipeline_utils
-
-    return {"dtype": torch_dtype} if hasattr(pipeline_utils, "_resolve_dtype") else {"torch_dtype": torch_dtype}
-
-
 def load_pipeline(model: str, torch_dtype=None):
     """
     A `DAWNPipeline` from a name resolved by [`resolve_model`] (folder, hub id, embedded model) or, for
@@ -186,8 +179,10 @@ def load_pipeline(model: str, torch_dtype=None):
 
     if model != RANDOM_DEMO_MODEL:
         from .pipelines.pipeline_dawn import DAWNPipeline
+        from .utils.diffusers_compat import pipeline_dtype_kwargs
 
-        return DAWNPipeline.from_pretrained(model, **({} if torch_dtype is None else _dtype_argument(torch_dtype)))
+        dtype_kwargs = {} if torch_dtype is None else pipeline_dtype_kwargs(torch_dtype)
+        return DAWNPipeline.from_pretrained(model, **dtype_kwargs)
     from .testing.tiny_pipeline import tiny_pipeline
 
     print(

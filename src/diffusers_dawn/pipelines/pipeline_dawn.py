@@ -24,6 +24,7 @@ from ..processing.image import CropTransform
 from ..processing.image import crop_to_face, float_image_tensor, image_to_tensor, load_image, resize_square
 from ..processing.video import read_video
 from ..schedulers.scheduling_dawn_ddim import DAWNDDIMScheduler
+from ..utils.diffusers_compat import loadable_component_modules
 from .pipeline_output import DAWNPipelineOutput
 
 
@@ -131,17 +132,9 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
         stored in the repository. DAWN's components come from this installed package, recorded in model_index.json
         under their module paths, so those modules are made known to it for the duration of the call.
         """
-        from diffusers.pipelines import pipeline_loading_utils
-
-        known = pipeline_loading_utils.LOADABLE_CLASSES
-        modules = {model.__module__ for model in (LFGAutoencoder, UNet3DFlowModel, PBNetModel, DAWNDDIMScheduler)}
-        added = [module for module in modules if module not in known]
-        known.update({module: {} for module in added})
-        try:
+        modules = [model.__module__ for model in (LFGAutoencoder, UNet3DFlowModel, PBNetModel, DAWNDDIMScheduler)]
+        with loadable_component_modules(modules):
             return super().download(pretrained_model_name, **kwargs)
-        finally:
-            for module in added:
-                known.pop(module, None)
 
     # ------------------------------------------------------------------------------------------------------------
     # Properties in the diffusers style
