@@ -36,11 +36,11 @@ class PBNetOutput(BaseOutput):
         mask (`torch.BoolTensor` of shape `(batch, frames)`): `True` at valid (non-padded) frames.
     """
 
-    prediction: torch.Tensor
-    target_delta: torch.Tensor
-    mu: torch.Tensor
-    logvar: torch.Tensor
-    mask: torch.Tensor
+    prediction: torch.Tensor = None
+    target_delta: torch.Tensor = None
+    mu: torch.Tensor = None
+    logvar: torch.Tensor = None
+    mask: torch.Tensor = None
 
 
 def sinusoidal_position_encoding(

@@ -71,11 +71,11 @@ class FaceAnalysis(BaseOutput):
         backend (`str`): The backend that produced the landmarks.
     """
 
-    landmarks: np.ndarray
-    pose: np.ndarray
-    eye_ratios: np.ndarray
-    face_box: np.ndarray
-    lip_box: np.ndarray
+    landmarks: np.ndarray = None
+    pose: np.ndarray = None
+    eye_ratios: np.ndarray = None
+    face_box: np.ndarray = None
+    lip_box: np.ndarray = None
     num_faces: int = 1
     backend: str = "user"
 
@@ -84,12 +84,12 @@ class FaceAnalysis(BaseOutput):
 class FaceTrack(BaseOutput):
     """Per-frame measurements of one face through a video: arrays with a leading frame axis."""
 
-    landmarks: np.ndarray
-    pose: np.ndarray
-    eye_ratios: np.ndarray
-    face_box: np.ndarray
-    lip_box: np.ndarray
-    detected: np.ndarray  # (F,) bool: False where values were interpolated from neighbours
+    landmarks: np.ndarray = None
+    pose: np.ndarray = None
+    eye_ratios: np.ndarray = None
+    face_box: np.ndarray = None
+    lip_box: np.ndarray = None
+    detected: np.ndarray = None  # (F,) bool: False where values were interpolated from neighbours
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ class DAWNDDIMSchedulerOutput(BaseOutput):
         pred_original_sample (`torch.Tensor`): The dynamically thresholded prediction of the clean sample x̂₀.
     """
 
-    prev_sample: torch.Tensor
+    prev_sample: torch.Tensor = None
     pred_original_sample: Optional[torch.Tensor] = None
 
 

@@ -164,17 +164,6 @@ def build_dataloader(dataset, sampler: EpochSampler, batch_size: int, collate_fn
     )
 
 
-def keep_structured_outputs(accelerator: Accelerator, *models: torch.nn.Module) -> None:
-    """
-    Undoes, on prepared `models`, Accelerate's mixed-precision wrapping of `forward` (autocast plus a cast of the
-    outputs to float32 that rebuilds every output object). The rebuild fails for output dataclasses whose fields
-    have no defaults, such as `LFGOutput` and `PBNetOutput`; the training steps run the models under
-    `accelerator.autocast()` themselves, so nothing else changes. Distributed wrappers (DDP) stay in place.
-    """
-    for model in models:
-        accelerator.unwrap_model(model, keep_fp32_wrapper=False)
-
-
 def total_train_steps(args: argparse.Namespace, dataloader) -> int:
     """`--max_train_steps`, or `--num_train_epochs` × optimiser steps per epoch."""
     updates_per_epoch = math.ceil(len(dataloader) / args.gradient_accumulation_steps)
