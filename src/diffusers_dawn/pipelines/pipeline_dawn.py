@@ -25,6 +25,7 @@ from ..processing.image import crop_to_face, float_image_tensor, image_to_tensor
 from ..processing.video import read_video
 from ..schedulers.scheduling_dawn_ddim import DAWNDDIMScheduler
 from ..utils.diffusers_compat import loadable_component_modules
+from ..utils.errors import DAWNInputError
 from .pipeline_output import DAWNPipelineOutput
 
 
@@ -520,7 +521,7 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
         speech = self.encode_speech(audio, sampling_rate, audio_features, num_frames)
         frame_count = speech.features.shape[0]
         if frame_count < 1:
-            raise ValueError("the speech is shorter than one video frame (40 ms); pass a longer clip")
+            raise DAWNInputError("the speech is shorter than one video frame (40 ms); pass a longer clip")
         pose, blink = self.prepare_pose_and_blink(source, speech, pose, blink, driving_video, generator)
         encoder_hidden_states = self.build_condition(speech, source, pose, blink).to(device)
 

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from diffusers.utils import BaseOutput, logging
 
+from ..utils.errors import DAWNInputError
+
 logger = logging.get_logger(__name__)
 
 # 3DDFA's pose crop (facts §2.3).
@@ -44,7 +46,7 @@ MOUTH = slice(48, 68)
 LIP_POINTS = slice(48, 67)  # the 19 points the official mouth mask uses
 
 
-class NoFaceError(ValueError):
+class NoFaceError(DAWNInputError):
     """
     No face was found; the message says what to do. `finding` is the message without the advice, so that a caller
     with other options (the command line) can give its own.
