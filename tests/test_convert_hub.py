@@ -21,7 +21,7 @@ from diffusers_dawn.conversion.pbnet import convert_pbnet_checkpoint
 from diffusers_dawn.conversion.unet import convert_dawn_file
 from diffusers_dawn.pipelines.pipeline_dawn import DAWNPipeline
 from diffusers_dawn.processing.video import read_video
-from diffusers_dawn.testing.hub_server import USER_NAME, HubServer
+from hub_server import USER_NAME, HubServer
 
 from _conversion_utils import (
     assert_one_error_line,

@@ -14,7 +14,7 @@ from diffusers_dawn.loaders import DAWNLoraLoaderMixin
 from diffusers_dawn.loaders.lora import lora_target_modules
 from diffusers_dawn.models.unet_3d_flow import UNet3DFlowModel
 from diffusers_dawn.processing.video import read_video
-from diffusers_dawn.testing.hub_server import HubServer
+from hub_server import HubServer
 
 from diffusers_dawn.models.lfg import flow_to_motion_latent
 from diffusers_dawn.training.a2v_trainer import (
