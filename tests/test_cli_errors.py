@@ -20,6 +20,7 @@ from diffusers_dawn.utils.io import OutputPathError
 
 from _conversion_utils import assert_one_error_line
 
+
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
 
 

@@ -19,6 +19,7 @@ from typing import Callable, Dict, List, Optional
 
 from .utils.errors import USER_ERRORS, DAWNInputError
 
+
 logger = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("image", "audio", "output")

@@ -10,6 +10,7 @@ from typing import Dict, List, Optional
 
 from .utils.errors import USER_ERRORS, DAWNInputError
 
+
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 
 # Package data folders (under `diffusers_dawn/assets/`) of demo pipelines that `generate --model NAME` can use by name

@@ -10,6 +10,7 @@ import torch
 
 from ..utils.errors import DAWNInputError
 
+
 # What each official file holds at its top level (facts §9).
 CHECKPOINT_KINDS = {
     "lfg": "an LFG checkpoint (LFG_128_1000ep.pth / LFG_256_400ep.pth: 'generator', 'region_predictor', 'bg_predictor')",

@@ -18,6 +18,7 @@ import PIL.Image
 from .. import cli
 from ..utils.errors import DAWNInputError
 
+
 # Documented limits of the demo page (README, "Web demo"). They keep one request from holding the single generation
 # slot for long or from exhausting memory; the Python API and the CLI have no such limits.
 MAX_SPEECH_SECONDS = 30.0

@@ -22,6 +22,7 @@ from .lfg_blocks import (
     run_block,
 )
 
+
 BACKGROUND_TYPES = ("zero", "affine", "perspective")
 
 

@@ -20,8 +20,14 @@ from ..models.unet_3d_flow import UNet3DFlowModel
 from ..processing.audio import AUDIO_SAMPLING_RATE, VIDEO_FPS, compute_hubert_features, load_audio, num_video_frames
 from ..processing.compositing import CompositedVideo, FrameCompositor
 from ..processing.face import FaceAnalyzer, face_mask
-from ..processing.image import CropTransform
-from ..processing.image import crop_to_face, float_image_tensor, image_to_tensor, load_image, resize_square
+from ..processing.image import (
+    CropTransform,
+    crop_to_face,
+    float_image_tensor,
+    image_to_tensor,
+    load_image,
+    resize_square,
+)
 from ..processing.video import read_video
 from ..schedulers.scheduling_dawn_ddim import DAWNDDIMScheduler
 from ..utils.diffusers_compat import loadable_component_modules

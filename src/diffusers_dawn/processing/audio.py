@@ -10,6 +10,7 @@ from diffusers.utils import logging
 
 from ..utils.errors import DAWNInputError
 
+
 logger = logging.get_logger(__name__)
 
 AUDIO_SAMPLING_RATE = 16000

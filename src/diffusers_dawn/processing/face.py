@@ -25,6 +25,7 @@ from diffusers.utils import BaseOutput, logging
 
 from ..utils.errors import DAWNInputError
 
+
 logger = logging.get_logger(__name__)
 
 # 3DDFA's pose crop (facts §2.3).

@@ -12,6 +12,7 @@ from diffusers.utils import logging
 from ..utils.errors import DAWNInputError
 from ..utils.quiet import third_party_output_silenced
 
+
 logger = logging.get_logger(__name__)
 
 # MediaPipe face-mesh vertex for each of the 68 iBUG landmarks: jaw 0-16, brows 17-26, nose 27-35, eyes 36-47

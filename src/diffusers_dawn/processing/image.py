@@ -11,6 +11,7 @@ import torch
 
 from ..utils.errors import DAWNInputError
 
+
 ImageLike = Union[str, os.PathLike, PIL.Image.Image, np.ndarray, torch.Tensor]
 
 

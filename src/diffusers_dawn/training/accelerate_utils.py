@@ -24,7 +24,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -33,6 +33,10 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from ..utils.io import PARTIAL_TAG, atomic_folder, replace_folder
+
+
+if TYPE_CHECKING:  # imported where used: diffusers' training utilities are only needed with EMA
+    from diffusers.training_utils import EMAModel
 
 
 logger = logging.getLogger(__name__)

@@ -13,6 +13,7 @@ from typing import Iterator, Mapping, Optional, Sequence, Union
 
 from .errors import DAWNInputError
 
+
 PathLike = Union[str, os.PathLike]
 PARTIAL_TAG = ".partial"
 
