@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 
+
 COMMANDS = {
     "python -c pass": ["-c", "pass"],
     "import torch": ["-c", "import torch"],

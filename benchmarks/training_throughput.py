@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 RECIPES = REPOSITORY / "training" / "recipes"
 

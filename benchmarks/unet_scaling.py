@@ -20,6 +20,7 @@ import torch
 from diffusers_dawn.models.attention_processor import FullAttnProcessor, LocalAttnProcessor
 from diffusers_dawn.models.unet_3d_flow import UNet3DFlowModel
 
+
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PROCESSORS = {"local": LocalAttnProcessor, "full": FullAttnProcessor}
 

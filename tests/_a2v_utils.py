@@ -1,6 +1,7 @@
 """Tiny A2V-FDM components shared by the A2V training, LoRA and Hub tests."""
 
 import contextlib
+
 import pytest
 import torch
 

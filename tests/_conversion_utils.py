@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 
 from diffusers_dawn.testing.tiny_hubert import build_tiny_hubert
 
+
 LFG_SUB_DICTS = ("generator", "region_predictor", "bg_predictor")
 
 

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The official parity fixtures ship with the tests (see their README); DAWN_FIXTURES points to another copy.
 FIXTURES = Path(os.environ.get("DAWN_FIXTURES", REPO_ROOT / "tests" / "fixtures" / "official"))

@@ -13,6 +13,7 @@ from diffusers_dawn.models.attention_processor import (
 )
 from diffusers_dawn.models.embeddings import BandedPositionBias, RelativePositionBias, RotaryEmbedding
 
+
 WINDOW = 40
 
 

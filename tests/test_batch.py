@@ -17,6 +17,7 @@ from diffusers_dawn.cli import main
 from diffusers_dawn.processing.video import probe_video, read_video
 from diffusers_dawn.testing.tiny_pipeline import tiny_pipeline_components
 
+
 SPEECH_SECONDS = 0.6
 FRAMES = int(SPEECH_SECONDS * 25)
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")

@@ -16,6 +16,7 @@ from diffusers_dawn.schedulers.scheduling_dawn_ddim import DAWNDDIMScheduler
 
 from _conversion_utils import assert_one_error_line, write_official_checkpoints, write_tiny_hubert
 
+
 SPEECH_SECONDS = 1.2
 SPEECH_RATE = 22050  # not 16 kHz and two channels: the command must bring it to 16 kHz mono itself
 

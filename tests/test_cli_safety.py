@@ -16,6 +16,7 @@ from diffusers_dawn.processing.video import export_to_video_with_audio
 
 from _conversion_utils import assert_one_error_line
 
+
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
 
 

@@ -8,6 +8,7 @@ from skimage.data import astronaut, coffee
 from diffusers_dawn.processing.compositing import CompositedVideo, FrameCompositor, full_frame_size
 from diffusers_dawn.processing.image import crop_to_face
 
+
 WIDTH, HEIGHT = 1920, 1080
 CROP = 128
 FEATHER = 0.1

@@ -21,7 +21,6 @@ from diffusers_dawn.conversion.pbnet import convert_pbnet_checkpoint
 from diffusers_dawn.conversion.unet import convert_dawn_file
 from diffusers_dawn.pipelines.pipeline_dawn import DAWNPipeline
 from diffusers_dawn.processing.video import read_video
-from diffusers_dawn.testing.hub_server import USER_NAME, HubServer
 
 from _conversion_utils import (
     assert_one_error_line,
@@ -29,6 +28,8 @@ from _conversion_utils import (
     write_official_checkpoints,
     write_tiny_hubert,
 )
+from hub_server import USER_NAME, HubServer
+
 
 TOKEN = "hf_local_test_token"
 HUBERT_REPO = "dawn-tester/tiny-hubert-ls960-ft"
@@ -91,7 +92,7 @@ def repository(blobs, layout, extra=None):
 def hub(official_blobs, tmp_path_factory):
     with HubServer() as server:
         extra = {path: official_blobs[role] for role, path in OFFICIAL_256.items()}
-        extra.update({name: b"unused" for name in UNUSED_FILES})
+        extra.update(dict.fromkeys(UNUSED_FILES, b"unused"))
         server.official_commit = server.add_commit(OFFICIAL_REPO, repository(official_blobs, OFFICIAL_LAYOUT, extra))
         server.add_commit(RENAMED_REPO, repository(official_blobs, RENAMED_LAYOUT))
         hubert = write_tiny_hubert(tmp_path_factory.mktemp("hubert"))

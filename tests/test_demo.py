@@ -18,6 +18,7 @@ import PIL.Image
 import pytest
 import soundfile
 
+
 gradio = pytest.importorskip("gradio", reason='the web demo needs the [demo] extra: pip install -e ".[demo]"')
 
 from gradio_client import Client, handle_file  # noqa: E402
@@ -29,6 +30,7 @@ from diffusers_dawn.processing.audio import num_video_frames  # noqa: E402
 from diffusers_dawn.processing.video import probe_video, read_video  # noqa: E402
 
 from _training_utils import load_repository_script  # noqa: E402
+
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

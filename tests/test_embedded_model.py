@@ -14,6 +14,7 @@ from diffusers_dawn.testing.synthetic import generate_synthetic_clip
 
 from _training_utils import load_repository_script
 
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 DEMO = "synthetic-demo"
 # The held-out clip below gives 0.73 (0.60 pooled over the benchmark's 4 clips); with another clip's speech 0.18.

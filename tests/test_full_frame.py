@@ -14,6 +14,7 @@ from diffusers_dawn.processing.image import CropTransform
 from diffusers_dawn.processing.video import probe_video, read_video
 from diffusers_dawn.testing.tiny_pipeline import tiny_pipeline_components
 
+
 SPEECH_SECONDS = 1.0
 WIDTH, HEIGHT = 1920, 1080
 

@@ -12,9 +12,9 @@ from safetensors.torch import load
 from diffusers_dawn.loaders import DAWNLoraLoaderMixin
 from diffusers_dawn.loaders.lora import lora_target_modules
 from diffusers_dawn.models.unet_3d_flow import UNet3DFlowModel
-from diffusers_dawn.testing.hub_server import USER_NAME, HubServer
 
 from _a2v_utils import TINY_AUDIO_DIM, TINY_LATENT_SIZE, TINY_RESOLUTION, single_thread, tiny_unet  # noqa: F401
+from hub_server import USER_NAME, HubServer
 
 
 TOKEN = "hf_local_test_token"

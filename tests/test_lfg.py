@@ -17,13 +17,14 @@ from diffusers_dawn.conversion.lfg import (
     infer_lfg_config,
     official_key_to_diffusers,
 )
-from diffusers_dawn.models.lfg_blocks import make_coordinate_grid
 from diffusers_dawn.models.lfg import (
     LFGAutoencoder,
     LFGSourceFeatures,
     flow_to_motion_latent,
     motion_latent_to_flow,
 )
+from diffusers_dawn.models.lfg_blocks import make_coordinate_grid
+
 
 ATOL = 1e-5  # fixture README: single-module outputs
 IMAGE_ATOL = 2e-5  # fixture README: LFG images
@@ -281,7 +282,10 @@ def test_save_pretrained_round_trip_is_bit_exact(model, io, tmp_path):
     model.save_pretrained(tmp_path, safe_serialization=True)
     assert (tmp_path / "diffusion_pytorch_model.safetensors").is_file()
     loaded = LFGAutoencoder.from_pretrained(tmp_path).eval()
-    public = lambda config: {key: value for key, value in config.items() if not key.startswith("_")}
+
+    def public(config):
+        return {key: value for key, value in config.items() if not key.startswith("_")}
+
     assert public(loaded.config) == public(model.config)
     state, reloaded = model.state_dict(), loaded.state_dict()
     assert state.keys() == reloaded.keys()

@@ -10,6 +10,7 @@ from diffusers_dawn.conversion.pbnet import convert_pbnet_checkpoint, convert_pb
 from diffusers_dawn.models.attention_processor import FullAttnProcessor
 from diffusers_dawn.models.pbnet import PBNetModel, sinusoidal_position_encoding
 
+
 IO_FILES = {16: "pbnet_tiny_short16_io.safetensors", 256: "pbnet_tiny_long256_io.safetensors"}
 # Seeds of the global RNG right before the official `generate` drew its latents (fixture README §3).
 LATENT_SEEDS = {"pose": 6100, "blink": 6200}

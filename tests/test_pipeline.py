@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from diffusers_dawn import DAWNPipeline
 from diffusers_dawn.testing.tiny_pipeline import tiny_pipeline_components
 
+
 SAMPLING_RATE = 22050
 
 

@@ -15,6 +15,7 @@ from diffusers.models.modeling_outputs import BaseOutput
 from diffusers_dawn.schedulers.scheduling_dawn_ddim import DAWNDDIMScheduler
 from diffusers_dawn.testing.tiny_pipeline import tiny_pipeline_components
 
+
 # Inside [-1, 1] like DAWN's motion latents, so clipping/thresholding of x0 (on by default) almost never bites.
 DATA_MEAN, DATA_STD = 0.2, 0.25
 

@@ -160,3 +160,35 @@ def test_no_crop_keeps_whole_frames_and_scales_the_boxes(tmp_path):
     frame = np.asarray(row["frames"][0], dtype=np.float64)
     assert frame.shape == (32, 32, 3)
     np.testing.assert_allclose(frame.mean((0, 1)), video_frames[0].astype(np.float64).mean((0, 1)), atol=2.0)
+
+
+def test_the_audio_encoder_is_the_one_the_caller_passes():
+    import functools
+    import pickle
+
+    import torch
+
+    from diffusers_dawn.testing.tiny_hubert import build_tiny_hubert
+    from diffusers_dawn.training.dataset import PreprocessingSettings
+
+    settings = PreprocessingSettings(audio_encoder=functools.partial(build_tiny_hubert, seed=3, hidden_size=16))
+    # Worker processes receive the settings pickled.
+    encoder, _ = pickle.loads(pickle.dumps(settings)).build_audio_encoder()
+    reference, _ = build_tiny_hubert(seed=3, hidden_size=16)
+    assert settings.hubert_dim() == 16 and not encoder.training
+    for (name, value), expected in zip(encoder.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(value, expected), name
+    with pytest.raises(ValueError, match="exactly one of `hubert`"):
+        PreprocessingSettings()
+
+
+def test_the_dataset_library_does_not_import_the_test_helpers():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, diffusers_dawn.training.dataset\n"
+        "print(sorted(name for name in sys.modules if name.startswith('diffusers_dawn.testing')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -7,16 +7,14 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler
-from diffusers_dawn.schedulers.scheduling_dawn_ddim import DAWNDDIMScheduler
 from safetensors import safe_open
 
 from diffusers_dawn.loaders import DAWNLoraLoaderMixin
 from diffusers_dawn.loaders.lora import lora_target_modules
+from diffusers_dawn.models.lfg import flow_to_motion_latent
 from diffusers_dawn.models.unet_3d_flow import UNet3DFlowModel
 from diffusers_dawn.processing.video import read_video
-from diffusers_dawn.testing.hub_server import HubServer
-
-from diffusers_dawn.models.lfg import flow_to_motion_latent
+from diffusers_dawn.schedulers.scheduling_dawn_ddim import DAWNDDIMScheduler
 from diffusers_dawn.training.a2v_trainer import (
     A2VBatchSampler,
     a2v_loss,
@@ -41,6 +39,7 @@ from _a2v_utils import (  # noqa: F401  (single_thread: autouse fixture)
     tiny_unet,
 )
 from _training_utils import TINY_HUBERT_DIM, build_tiny_dataset, load_training_script
+from hub_server import HubServer
 
 
 # -- clip sampling ----------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffusers_dawn.models.lfg import LFGAutoencoder
+from diffusers_dawn.models.lfg import LFGAutoencoder, LFGRegionParams
 from diffusers_dawn.testing.synthetic import generate_synthetic_clip
 from diffusers_dawn.training.lfg_trainer import (
     LFGFramePairDataset,
@@ -20,7 +20,6 @@ from diffusers_dawn.training.lfg_trainer import (
     lfg_loss,
     lip_region_masks,
 )
-from diffusers_dawn.models.lfg import LFGRegionParams
 
 from _a2v_utils import TINY_LFG_CONFIG, single_thread  # noqa: F401
 from _training_utils import build_tiny_dataset, load_training_script

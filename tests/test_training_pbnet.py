@@ -252,7 +252,7 @@ def test_script_checks_the_model_against_the_state_and_the_data(tiny_dataset, tm
 
 @pytest.mark.slow
 def test_script_pushes_the_trained_model_to_the_hub(tiny_dataset, tmp_path):
-    from diffusers_dawn.testing.hub_server import HubServer
+    from hub_server import HubServer
 
     train_pbnet = load_training_script("train_pbnet")
     config_path = tmp_path / "tiny_pbnet.json"

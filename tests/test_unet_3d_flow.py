@@ -24,6 +24,7 @@ from diffusers_dawn.models.embeddings import RotaryEmbedding
 from diffusers_dawn.models.unet_3d_blocks import FaceLocationEncoder
 from diffusers_dawn.models.unet_3d_flow import UNet3DFlowModel, UNet3DFlowOutput
 
+
 # Official parameter counts (fixture README / facts §4.1).
 OFFICIAL_UNET_PARAMETERS = 49_857_555
 OFFICIAL_HEAD_CROSS_ATTENTION_PARAMETERS = 173_376  # never called by the official forward: not converted

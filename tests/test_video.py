@@ -13,6 +13,7 @@ from diffusers_dawn.processing.video import (
     read_video,
 )
 
+
 AAC_FRAME_SAMPLES = 1024
 
 

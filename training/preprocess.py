@@ -11,18 +11,21 @@ reason in `OUT/skipped.jsonl`, and a summary in `OUT/preprocess_report.json`. `-
 dataset to the Hub.
 
 `--hubert` is a local folder with a transformers HuBERT (the official one is facebook/hubert-large-ls960-ft);
-`--tiny-hubert-seed N` uses a tiny random HuBERT instead (tests, synthetic demonstrations). With
+`--tiny-hubert-seed N` uses a tiny random HuBERT instead (tests, synthetic demonstrations; built here, from
+`diffusers_dawn.testing.tiny_hubert`, and handed to the library as its audio encoder). With
 `--landmarks sidecar` the face is not detected: per-frame 68-point landmarks are read from `<video>.npz` (as written
 by `diffusers_dawn.testing.synthetic.write_synthetic_dataset`).
 """
 
 import argparse
+import functools
 import logging
 import sys
 from typing import List, Optional
 
 from tqdm.auto import tqdm
 
+from diffusers_dawn.testing.tiny_hubert import build_tiny_hubert
 from diffusers_dawn.training.dataset import PreprocessingSettings, preprocess_videos
 
 
@@ -56,10 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    tiny_hubert = None
+    if args.tiny_hubert_seed is not None:
+        tiny_hubert = functools.partial(build_tiny_hubert, seed=args.tiny_hubert_seed)
     settings = PreprocessingSettings(
         resolution=args.resolution,
         hubert=args.hubert,
-        tiny_hubert_seed=args.tiny_hubert_seed,
+        audio_encoder=tiny_hubert,
         face_backend=args.face_backend,
         landmarks=args.landmarks,
         crop_scale=None if args.no_crop else args.crop_scale,

@@ -27,16 +27,6 @@ from diffusers.training_utils import EMAModel
 
 from diffusers_dawn.models.lfg import LFGAutoencoder
 from diffusers_dawn.models.unet_3d_flow import UNet3DFlowModel
-from diffusers_dawn.training.accelerate_utils import (
-    add_common_training_args,
-    check_common_args,
-    create_accelerator,
-    create_lr_scheduler,
-    push_to_hub,
-    register_checkpoint_hooks,
-    run_training,
-    total_train_steps,
-)
 from diffusers_dawn.training.a2v_trainer import (
     FLOW_LOSS_WEIGHT,
     LIP_LOSS_WEIGHT,
@@ -47,6 +37,16 @@ from diffusers_dawn.training.a2v_trainer import (
     MotionTargetCache,
     a2v_batch_loss,
     collate_a2v_clips,
+)
+from diffusers_dawn.training.accelerate_utils import (
+    add_common_training_args,
+    check_common_args,
+    create_accelerator,
+    create_lr_scheduler,
+    push_to_hub,
+    register_checkpoint_hooks,
+    run_training,
+    total_train_steps,
 )
 from diffusers_dawn.utils.io import atomic_folder
 

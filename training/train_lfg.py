@@ -35,7 +35,6 @@ from diffusers_dawn.training.accelerate_utils import (
     create_accelerator,
     create_ema,
     create_lr_scheduler,
-    keep_structured_outputs,
     push_to_hub,
     register_checkpoint_hooks,
     run_training,
@@ -182,7 +181,6 @@ def main(argv: Optional[List[str]] = None):
     ema = create_ema(lfg, args.ema_decay) if args.use_ema else None
     register_checkpoint_hooks(accelerator, {MODEL_FOLDER: lfg}, {MODEL_FOLDER: ema} if ema else None)
     lfg, optimizer, dataloader, lr_scheduler = accelerator.prepare(lfg, optimizer, dataloader, lr_scheduler)
-    keep_structured_outputs(accelerator, lfg)
     if ema is not None:
         ema.to(accelerator.device)
     logger.info(f"LFG training at {resolution} px: {len(pairs)} videos, {max_steps} steps, batch {batch_size}")

@@ -23,6 +23,7 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file
 
+
 # The shared A2V loop lives next to this script.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_a2v import A2VModelAdapter, build_parser, finalize_args, train  # noqa: E402

@@ -35,7 +35,6 @@ from diffusers_dawn.training.accelerate_utils import (
     create_accelerator,
     create_ema,
     create_lr_scheduler,
-    keep_structured_outputs,
     push_to_hub,
     register_checkpoint_hooks,
     run_training,
@@ -223,7 +222,6 @@ def main(argv: Optional[List[str]] = None):
         trained = [pbnet]
     if ema is not None:
         ema.to(accelerator.device)
-    keep_structured_outputs(accelerator, *trained)
     unwrapped = accelerator.unwrap_model(pbnet)
     logger.info(f"PBNet ({args.state}) training: {len(sequences)} videos, {max_steps} steps, batch {batch_size}")
 

@@ -3,6 +3,7 @@
 import importlib
 from typing import TYPE_CHECKING
 
+
 __version__ = "0.1.0"
 
 # The public names are imported on first use, so that `import diffusers_dawn.cli` (the console script) does not

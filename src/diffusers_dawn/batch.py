@@ -17,6 +17,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
+from .utils.errors import USER_ERRORS, DAWNInputError
+
+
 logger = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("image", "audio", "output")
@@ -24,7 +27,7 @@ REQUIRED_COLUMNS = ("image", "audio", "output")
 OVERRIDE_COLUMNS: Dict[str, Callable[[str], object]] = {"seed": int, "steps": int, "pose_from": str}
 
 
-class BatchFileError(ValueError):
+class BatchFileError(DAWNInputError):
     """The batch file as a whole cannot be used; the message says what to fix."""
 
 
@@ -211,7 +214,7 @@ def run_jobs(
             if debug:
                 logger.exception(f"row {job.row} failed")
             message = " ".join(str(error).split()) or type(error).__name__
-            if not isinstance(error, (ValueError, OSError)):
+            if not isinstance(error, USER_ERRORS):  # a bug: its type helps the report
                 message = f"{type(error).__name__}: {message}"
             results.append(JobResult(job.row, job.output, "failed", time.perf_counter() - started, error=message))
             tqdm.write(f"row {job.row}: failed: {message}", file=sys.stdout)

@@ -6,9 +6,10 @@ import logging as python_logging
 import os
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 from .embedded import ASSETS, EMBEDDED_MODELS, embedded_demo_inputs, embedded_model_path
+from .utils.errors import USER_ERRORS, DAWNInputError
 
 
 # `--model` default: the first embedded (trained) pipeline, with its own held-out portrait and speech as inputs.
@@ -26,7 +27,7 @@ VIDEO_EXTENSIONS = (".mp4",)
 PROGRAM = "diffusers-dawn"
 
 
-class CommandError(ValueError):
+class CommandError(DAWNInputError):
     """A command-line value that cannot be used; the message says what to pass instead."""
 
 
@@ -174,13 +175,6 @@ def resolve_device_and_dtype(device: Optional[str], dtype: str):
     return device, torch_dtype
 
 
-def _dtype_argument(torch_dtype) -> Dict:
-    # diffusers 0.42 renamed `torch_dtype` to `dtype` (the old name warns); older releases only know `torch_dtype`.
-    from diffusers.pipelines import pipeline_utils
-
-    return {"dtype": torch_dtype} if hasattr(pipeline_utils, "_resolve_dtype") else {"torch_dtype": torch_dtype}
-
-
 def load_pipeline(model: str, torch_dtype=None):
     """
     A `DAWNPipeline` from a name resolved by [`resolve_model`] (folder, hub id, embedded model) or, for
@@ -189,9 +183,22 @@ def load_pipeline(model: str, torch_dtype=None):
     import torch
 
     if model != RANDOM_DEMO_MODEL:
-        from .pipelines.pipeline_dawn import DAWNPipeline
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-        return DAWNPipeline.from_pretrained(model, **({} if torch_dtype is None else _dtype_argument(torch_dtype)))
+        from .pipelines.pipeline_dawn import DAWNPipeline
+        from .utils.diffusers_compat import pipeline_dtype_kwargs
+
+        hint = f"pass a pipeline folder (made by `{PROGRAM} convert`), a Hub repository id, or {RANDOM_DEMO_MODEL}"
+        if not os.path.isdir(model):
+            try:
+                validate_repo_id(model)
+            except HFValidationError:
+                raise CommandError(f"cannot load the model {model!r}: no such folder, nor a Hub id; {hint}") from None
+        dtype_kwargs = {} if torch_dtype is None else pipeline_dtype_kwargs(torch_dtype)
+        try:
+            return DAWNPipeline.from_pretrained(model, **dtype_kwargs)
+        except OSError as error:  # huggingface_hub's not-found, gated and offline errors are OSErrors
+            raise CommandError(f"cannot load the model {model!r} ({' '.join(str(error).split())}); {hint}") from error
     from .testing.tiny_pipeline import tiny_pipeline
 
     print(
@@ -503,25 +510,17 @@ def _add_debug_option(subcommand: argparse.ArgumentParser) -> None:
     )
 
 
-# CheckpointConversionError, NoFaceError, AudioLoadError, ImageLoadError, VideoReadError, OutputPathError and
-# CommandError are ValueErrors; OSError covers missing files and hub ids that cannot be resolved.
-USER_ERROR_BASES = (ValueError, OSError)
-
-
 def _is_user_error(error: BaseException) -> bool:
-    """Whether an exception means bad input: reported as one line, without a traceback."""
-    if isinstance(error, USER_ERROR_BASES):
-        return True
-    # Looked up only if face analysis ran (importing it would load diffusers and torch).
-    face_detectors = sys.modules.get(f"{__package__}.processing.face_detectors")
-    return face_detectors is not None and isinstance(error, face_detectors.FaceBackendUnavailable)
+    """
+    Whether an exception means bad input (a [`DAWNInputError`] or a missing file): reported as one line, without a
+    traceback. Anything else is a bug, shown with its traceback.
+    """
+    return isinstance(error, USER_ERRORS)
 
 
 def _user_errors() -> tuple:
     """The exception classes that [`_is_user_error`] reports as one line, for callers that catch them (the demo)."""
-    from .processing.face_detectors import FaceBackendUnavailable
-
-    return (*USER_ERROR_BASES, FaceBackendUnavailable)
+    return USER_ERRORS
 
 
 def _configure_logging(debug: bool):

@@ -13,6 +13,9 @@ import os
 from dataclasses import dataclass
 from typing import Dict, Tuple
 
+from .utils.errors import DAWNInputError
+
+
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 
 
@@ -49,7 +52,7 @@ EMBEDDED_MODELS: Dict[str, EmbeddedModel] = {
 
 def _embedded(name: str) -> EmbeddedModel:
     if name not in EMBEDDED_MODELS:
-        raise ValueError(f"unknown embedded model {name!r}; the package ships {sorted(EMBEDDED_MODELS)}")
+        raise DAWNInputError(f"unknown embedded model {name!r}; the package ships {sorted(EMBEDDED_MODELS)}")
     return EMBEDDED_MODELS[name]
 
 
@@ -58,7 +61,7 @@ def embedded_model_path(name: str = "synthetic-demo") -> str:
     The folder of an embedded pipeline, to pass to `DAWNPipeline.from_pretrained`.
 
     Raises:
-        `ValueError`: `name` is not an embedded model.
+        `DAWNInputError`: `name` is not an embedded model.
         `FileNotFoundError`: the package was installed without its model files.
     """
     folder = os.path.join(ASSETS, _embedded(name).folder)

@@ -8,6 +8,9 @@ from typing import Dict, Iterable, Mapping, Optional
 
 import torch
 
+from ..utils.errors import DAWNInputError
+
+
 # What each official file holds at its top level (facts §9).
 CHECKPOINT_KINDS = {
     "lfg": "an LFG checkpoint (LFG_128_1000ep.pth / LFG_256_400ep.pth: 'generator', 'region_predictor', 'bg_predictor')",
@@ -16,7 +19,7 @@ CHECKPOINT_KINDS = {
 }
 
 
-class CheckpointConversionError(ValueError):
+class CheckpointConversionError(DAWNInputError):
     """An official checkpoint cannot be converted; the message says which file/keys and what to do."""
 
 

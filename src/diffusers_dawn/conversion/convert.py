@@ -18,6 +18,7 @@ from .lfg import convert_lfg_file
 from .pbnet import convert_pbnet_file
 from .unet import FACE_LOCATION_KEYS, convert_unet_checkpoint
 
+
 logger = logging.get_logger(__name__)
 
 OFFICIAL_HUBERT = "facebook/hubert-large-ls960-ft"

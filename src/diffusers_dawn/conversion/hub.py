@@ -14,6 +14,7 @@ from diffusers.utils import logging
 from .common import CheckpointConversionError
 from .convert import OFFICIAL_HUBERT, SUPPORTED_RESOLUTIONS, check_output_dir, convert_official_checkpoints
 
+
 logger = logging.get_logger(__name__)
 
 OFFICIAL_REPO = "Hanbo-Cheng/DAWN"

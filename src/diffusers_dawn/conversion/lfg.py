@@ -11,6 +11,7 @@ from ..models.lfg import LFGAutoencoder
 from ..models.lfg_blocks import gaussian_blur_kernel, hourglass_widths
 from .common import CheckpointConversionError, check_keys, load_official_checkpoint
 
+
 SUB_DICTS = ("generator", "region_predictor", "bg_predictor")
 
 # (official prefix, prefix in LFGAutoencoder); the first matching rule applies. `{i}` marks the residual block index,

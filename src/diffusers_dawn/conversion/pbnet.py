@@ -12,6 +12,7 @@ from ..models.embeddings import RotaryEmbedding
 from ..models.pbnet import POSE_STATE_MAX, POSE_STATE_MIN, PBNetModel, sinusoidal_position_encoding
 from .common import CheckpointConversionError, check_keys, load_official_checkpoint
 
+
 logger = logging.get_logger(__name__)
 
 # Attention window of each supported official architecture (`archiname` in opt.yaml); they share every weight.

@@ -13,6 +13,7 @@ from ..models.unet_3d_flow import UNet3DFlowModel
 from ..schedulers.scheduling_dawn_ddim import dawn_cosine_betas
 from .common import CheckpointConversionError, check_keys, load_official_checkpoint
 
+
 UNET_PREFIX = "denoise_fn."
 SCHEDULE_BUFFERS = (
     "betas",

@@ -7,6 +7,7 @@ over the denoising steps, the MP4 with its sound and the time it took out. Every
 import os
 from typing import Optional, Sequence
 
+
 # The demo reports nothing to Gradio's servers unless asked to (this also keeps it working offline).
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -24,6 +25,7 @@ from .handlers import (  # noqa: E402
     DemoSession,
     supports_full_frame,
 )
+
 
 # The page's fonts are the system's: the default theme fetches web fonts, which an offline machine cannot reach.
 THEME = gr.themes.Default(

@@ -16,6 +16,8 @@ import numpy as np
 import PIL.Image
 
 from .. import cli
+from ..utils.errors import DAWNInputError
+
 
 # Documented limits of the demo page (README, "Web demo"). They keep one request from holding the single generation
 # slot for long or from exhausting memory; the Python API and the CLI have no such limits.
@@ -32,7 +34,7 @@ DEFAULT_SCHEDULER = "default"
 KEPT_VIDEOS = 16
 
 
-class DemoInputError(ValueError):
+class DemoInputError(DAWNInputError):
     """An input the demo refuses; the message is shown in the page as is and says what to upload instead."""
 
 

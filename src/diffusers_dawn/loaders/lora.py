@@ -4,15 +4,20 @@ import os
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
-from diffusers.loaders.lora_base import LoraBaseMixin, _fetch_state_dict
+from diffusers.loaders.lora_base import LoraBaseMixin
 from diffusers.utils import logging
 from huggingface_hub.utils import validate_hf_hub_args
+
+from ..utils.diffusers_compat import fetch_lora_state_dict, register_lora_scale_passthrough
 
 
 logger = logging.get_logger(__name__)
 
 UNET_NAME = "unet"
 LORA_TARGET_SUFFIXES = ("to_q", "to_k", "to_v", "to_out.0")
+
+# `set_adapters` applies each adapter's weight to the whole U-Net (no per-block scales), on every diffusers release.
+register_lora_scale_passthrough("UNet3DFlowModel")
 
 
 def lora_target_modules(model: torch.nn.Module, suffixes: Sequence[str] = LORA_TARGET_SUFFIXES) -> List[str]:
@@ -73,8 +78,8 @@ class DAWNLoraLoaderMixin(LoraBaseMixin):
             # A direct file path: split it into the folder and the weight name the fetcher expects.
             path, weight_name = os.path.split(os.fspath(path))
         use_safetensors = kwargs.pop("use_safetensors", None)
-        state_dict, metadata = _fetch_state_dict(
-            pretrained_model_name_or_path_or_dict=path,
+        state_dict, metadata = fetch_lora_state_dict(
+            path,
             weight_name=weight_name,
             use_safetensors=True if use_safetensors is None else use_safetensors,
             local_files_only=kwargs.pop("local_files_only", None),

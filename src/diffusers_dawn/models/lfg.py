@@ -22,6 +22,7 @@ from .lfg_blocks import (
     run_block,
 )
 
+
 BACKGROUND_TYPES = ("zero", "affine", "perspective")
 
 
@@ -42,12 +43,12 @@ class LFGRegionParams(BaseOutput):
         d (`torch.Tensor` of shape `(batch, K, 2, 2)`): `diag(sqrt(singular values))`.
     """
 
-    shift: torch.Tensor
-    covar: torch.Tensor
-    heatmap: torch.Tensor
-    affine: torch.Tensor
-    u: torch.Tensor
-    d: torch.Tensor
+    shift: torch.Tensor = None
+    covar: torch.Tensor = None
+    heatmap: torch.Tensor = None
+    affine: torch.Tensor = None
+    u: torch.Tensor = None
+    d: torch.Tensor = None
 
 
 @dataclass
@@ -61,8 +62,8 @@ class LFGSourceFeatures(BaseOutput):
             by the decoder); the last one is the source latent.
     """
 
-    image: torch.Tensor
-    feature_maps: Tuple[torch.Tensor, ...]
+    image: torch.Tensor = None
+    feature_maps: Tuple[torch.Tensor, ...] = None
 
     @property
     def latent(self) -> torch.Tensor:
@@ -84,11 +85,11 @@ class LFGMotionOutput(BaseOutput):
         background_params (`torch.Tensor` of shape `(batch, 3, 3)`): Background (camera) transform.
     """
 
-    grid: torch.Tensor
-    occlusion: torch.Tensor
-    source_regions: LFGRegionParams
-    driving_regions: LFGRegionParams
-    background_params: torch.Tensor
+    grid: torch.Tensor = None
+    occlusion: torch.Tensor = None
+    source_regions: LFGRegionParams = None
+    driving_regions: LFGRegionParams = None
+    background_params: torch.Tensor = None
 
 
 @dataclass
@@ -99,8 +100,8 @@ class LFGDecoderOutput(BaseOutput):
         deformed (`torch.Tensor` of shape `(batch, 3, S, S)`): The source image warped by the flow alone.
     """
 
-    prediction: torch.Tensor
-    deformed: torch.Tensor
+    prediction: torch.Tensor = None
+    deformed: torch.Tensor = None
 
 
 @dataclass
@@ -118,14 +119,14 @@ class LFGOutput(BaseOutput):
         background_params (`torch.Tensor` of shape `(batch, 3, 3)`): Background transform.
     """
 
-    prediction: torch.Tensor
-    deformed: torch.Tensor
-    grid: torch.Tensor
-    occlusion: torch.Tensor
-    source_latent: torch.Tensor
-    source_regions: LFGRegionParams
-    driving_regions: LFGRegionParams
-    background_params: torch.Tensor
+    prediction: torch.Tensor = None
+    deformed: torch.Tensor = None
+    grid: torch.Tensor = None
+    occlusion: torch.Tensor = None
+    source_latent: torch.Tensor = None
+    source_regions: LFGRegionParams = None
+    driving_regions: LFGRegionParams = None
+    background_params: torch.Tensor = None
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from torch import nn
 from .attention_processor import DAWNAttention
 from .embeddings import BandedPositionBias, RelativePositionBias, RotaryEmbedding
 
+
 # Normalisation range of the pose network's states [yaw, pitch, roll (degrees), scale, tx, ty (pixels)].
 POSE_STATE_MIN = (-90.0, -90.0, -90.0, 0.0, 0.0, 0.0)
 POSE_STATE_MAX = (90.0, 90.0, 90.0, 1.0, 720.0, 1080.0)
@@ -36,11 +37,11 @@ class PBNetOutput(BaseOutput):
         mask (`torch.BoolTensor` of shape `(batch, frames)`): `True` at valid (non-padded) frames.
     """
 
-    prediction: torch.Tensor
-    target_delta: torch.Tensor
-    mu: torch.Tensor
-    logvar: torch.Tensor
-    mask: torch.Tensor
+    prediction: torch.Tensor = None
+    target_delta: torch.Tensor = None
+    mu: torch.Tensor = None
+    logvar: torch.Tensor = None
+    mask: torch.Tensor = None
 
 
 def sinusoidal_position_encoding(

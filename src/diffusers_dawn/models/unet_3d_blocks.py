@@ -11,6 +11,7 @@ from .attention_processor import DAWNAttention
 from .embeddings import BandedPositionBias, RotaryEmbedding
 from .fused_kernels import cross_attentions_are_fusable, fused_cosine_cross_attentions
 
+
 # Bound of the per-chunk temporaries of the per-frame spatial linear attention (its 3·heads·dim_head channels are
 # up to 12× wider than the feature map it reads).
 SPATIAL_ATTENTION_CHUNK_BYTES = 256 * 2**20

@@ -35,7 +35,7 @@ class UNet3DFlowOutput(BaseOutput):
             Predicted noise (epsilon) of the motion latents.
     """
 
-    sample: torch.Tensor
+    sample: torch.Tensor = None
 
 
 class UNet3DFlowModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapterMixin):

@@ -20,10 +20,18 @@ from ..models.unet_3d_flow import UNet3DFlowModel
 from ..processing.audio import AUDIO_SAMPLING_RATE, VIDEO_FPS, compute_hubert_features, load_audio, num_video_frames
 from ..processing.compositing import CompositedVideo, FrameCompositor
 from ..processing.face import FaceAnalyzer, face_mask
-from ..processing.image import CropTransform
-from ..processing.image import crop_to_face, float_image_tensor, image_to_tensor, load_image, resize_square
+from ..processing.image import (
+    CropTransform,
+    crop_to_face,
+    float_image_tensor,
+    image_to_tensor,
+    load_image,
+    resize_square,
+)
 from ..processing.video import read_video
 from ..schedulers.scheduling_dawn_ddim import DAWNDDIMScheduler
+from ..utils.diffusers_compat import loadable_component_modules
+from ..utils.errors import DAWNInputError
 from .pipeline_output import DAWNPipelineOutput
 
 
@@ -131,17 +139,9 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
         stored in the repository. DAWN's components come from this installed package, recorded in model_index.json
         under their module paths, so those modules are made known to it for the duration of the call.
         """
-        from diffusers.pipelines import pipeline_loading_utils
-
-        known = pipeline_loading_utils.LOADABLE_CLASSES
-        modules = {model.__module__ for model in (LFGAutoencoder, UNet3DFlowModel, PBNetModel, DAWNDDIMScheduler)}
-        added = [module for module in modules if module not in known]
-        known.update({module: {} for module in added})
-        try:
+        modules = [model.__module__ for model in (LFGAutoencoder, UNet3DFlowModel, PBNetModel, DAWNDDIMScheduler)]
+        with loadable_component_modules(modules):
             return super().download(pretrained_model_name, **kwargs)
-        finally:
-            for module in added:
-                known.pop(module, None)
 
     # ------------------------------------------------------------------------------------------------------------
     # Properties in the diffusers style
@@ -527,7 +527,7 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
         speech = self.encode_speech(audio, sampling_rate, audio_features, num_frames)
         frame_count = speech.features.shape[0]
         if frame_count < 1:
-            raise ValueError("the speech is shorter than one video frame (40 ms); pass a longer clip")
+            raise DAWNInputError("the speech is shorter than one video frame (40 ms); pass a longer clip")
         pose, blink = self.prepare_pose_and_blink(source, speech, pose, blink, driving_video, generator)
         encoder_hidden_states = self.build_condition(speech, source, pose, blink).to(device)
 

@@ -30,9 +30,9 @@ class DAWNPipelineOutput(BaseOutput):
         photo (`PIL.Image.Image`, *optional*): The whole (EXIF-rotated) input picture the crop was cut from.
     """
 
-    frames: Union[np.ndarray, torch.Tensor, List[List[PIL.Image.Image]]]
-    pose: np.ndarray
-    blink: np.ndarray
+    frames: Union[np.ndarray, torch.Tensor, List[List[PIL.Image.Image]]] = None
+    pose: np.ndarray = None
+    blink: np.ndarray = None
     fps: float = 25.0
     audio: Optional[np.ndarray] = None
     audio_sampling_rate: int = 16000

@@ -8,6 +8,9 @@ import numpy as np
 import torch
 from diffusers.utils import logging
 
+from ..utils.errors import DAWNInputError
+
+
 logger = logging.get_logger(__name__)
 
 AUDIO_SAMPLING_RATE = 16000
@@ -20,7 +23,7 @@ HUBERT_CHUNK_SAMPLES = 320000
 SILENCE_THRESHOLD = 1e-4
 
 
-class AudioLoadError(ValueError):
+class AudioLoadError(DAWNInputError):
     """The audio cannot be used; the message says why and what to do."""
 
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from .image import CropTransform, load_image
 
+
 # Largest crop-pixel change (in [0, 1] units, max over the channels) up to which the photo's own fine detail is kept
 # inside the box; where the generated frame differs more (the face moved), the generated pixels are shown alone.
 DETAIL_TOLERANCE = 0.08

@@ -23,6 +23,9 @@ import numpy as np
 import torch
 from diffusers.utils import BaseOutput, logging
 
+from ..utils.errors import DAWNInputError
+
+
 logger = logging.get_logger(__name__)
 
 # 3DDFA's pose crop (facts §2.3).
@@ -44,7 +47,7 @@ MOUTH = slice(48, 68)
 LIP_POINTS = slice(48, 67)  # the 19 points the official mouth mask uses
 
 
-class NoFaceError(ValueError):
+class NoFaceError(DAWNInputError):
     """
     No face was found; the message says what to do. `finding` is the message without the advice, so that a caller
     with other options (the command line) can give its own.
@@ -71,11 +74,11 @@ class FaceAnalysis(BaseOutput):
         backend (`str`): The backend that produced the landmarks.
     """
 
-    landmarks: np.ndarray
-    pose: np.ndarray
-    eye_ratios: np.ndarray
-    face_box: np.ndarray
-    lip_box: np.ndarray
+    landmarks: np.ndarray = None
+    pose: np.ndarray = None
+    eye_ratios: np.ndarray = None
+    face_box: np.ndarray = None
+    lip_box: np.ndarray = None
     num_faces: int = 1
     backend: str = "user"
 
@@ -84,12 +87,12 @@ class FaceAnalysis(BaseOutput):
 class FaceTrack(BaseOutput):
     """Per-frame measurements of one face through a video: arrays with a leading frame axis."""
 
-    landmarks: np.ndarray
-    pose: np.ndarray
-    eye_ratios: np.ndarray
-    face_box: np.ndarray
-    lip_box: np.ndarray
-    detected: np.ndarray  # (F,) bool: False where values were interpolated from neighbours
+    landmarks: np.ndarray = None
+    pose: np.ndarray = None
+    eye_ratios: np.ndarray = None
+    face_box: np.ndarray = None
+    lip_box: np.ndarray = None
+    detected: np.ndarray = None  # (F,) bool: False where values were interpolated from neighbours
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -9,7 +9,9 @@ from typing import List, Tuple
 import numpy as np
 from diffusers.utils import logging
 
+from ..utils.errors import DAWNInputError
 from ..utils.quiet import third_party_output_silenced
+
 
 logger = logging.get_logger(__name__)
 
@@ -27,8 +29,8 @@ MEDIAPIPE_TO_IBUG68 = (
 Face = Tuple[np.ndarray, np.ndarray]
 
 
-class FaceBackendUnavailable(RuntimeError):
-    """The backend cannot run here (package missing, weights not downloadable)."""
+class FaceBackendUnavailable(DAWNInputError, RuntimeError):
+    """The backend cannot run here (package missing, weights not downloadable): another `face_backend` is needed."""
 
 
 class MediaPipeFaceMesh:

@@ -9,10 +9,13 @@ import PIL.Image
 import PIL.ImageOps
 import torch
 
+from ..utils.errors import DAWNInputError
+
+
 ImageLike = Union[str, os.PathLike, PIL.Image.Image, np.ndarray, torch.Tensor]
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(DAWNInputError):
     """The portrait cannot be used; the message says why and what to do."""
 
 

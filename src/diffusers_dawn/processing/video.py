@@ -9,14 +9,16 @@ import numpy as np
 import PIL.Image
 import torch
 
+from ..utils.errors import DAWNInputError
 from ..utils.io import atomic_file
 from .audio import AUDIO_SAMPLING_RATE, VIDEO_FPS, AudioLoadError, decode_audio_file, resample, samples_to_mono
+
 
 FramesLike = Union[Sequence[Union[PIL.Image.Image, np.ndarray, torch.Tensor]], np.ndarray, torch.Tensor]
 AudioLike = Union[str, os.PathLike, np.ndarray, torch.Tensor]
 
 
-class VideoReadError(ValueError):
+class VideoReadError(DAWNInputError):
     """A video cannot be read; the message says why and what to do."""
 
 

@@ -12,6 +12,8 @@ from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, Sch
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..utils.diffusers_compat import mark_config_defaults
+
 
 @dataclass
 class DAWNDDIMSchedulerOutput(BaseOutput):
@@ -23,7 +25,7 @@ class DAWNDDIMSchedulerOutput(BaseOutput):
         pred_original_sample (`torch.Tensor`): The dynamically thresholded prediction of the clean sample x̂₀.
     """
 
-    prev_sample: torch.Tensor
+    prev_sample: torch.Tensor = None
     pred_original_sample: Optional[torch.Tensor] = None
 
 
@@ -157,11 +159,8 @@ class DAWNDDIMScheduler(SchedulerMixin, ConfigMixin):
         names every option), while a DAWN scheduler rebuilt from the config gets the same values back.
         """
         signature = inspect.signature(type(self).__init__).parameters
-        defaults = set(self._internal_dict.get("_use_default_values", []))
-        defaults |= {name for name in self._dawn_only_options if self.config[name] == signature[name].default}
-        defaults.discard("trained_betas")
-        config = {**self._internal_dict, "_use_default_values": sorted(defaults)}
-        self._internal_dict = type(self._internal_dict)(config)
+        at_default = [name for name in self._dawn_only_options if self.config[name] == signature[name].default]
+        mark_config_defaults(self, at_default, exclude=["trained_betas"])
 
     @staticmethod
     def _official_timesteps(num_train_timesteps: int, num_inference_steps: int) -> np.ndarray:

@@ -24,7 +24,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -33,6 +33,10 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from ..utils.io import PARTIAL_TAG, atomic_folder, replace_folder
+
+
+if TYPE_CHECKING:  # imported where used: diffusers' training utilities are only needed with EMA
+    from diffusers.training_utils import EMAModel
 
 
 logger = logging.getLogger(__name__)
@@ -162,17 +166,6 @@ def build_dataloader(dataset, sampler: EpochSampler, batch_size: int, collate_fn
         drop_last=drop_last,
         generator=torch.Generator().manual_seed(sampler.seed),
     )
-
-
-def keep_structured_outputs(accelerator: Accelerator, *models: torch.nn.Module) -> None:
-    """
-    Undoes, on prepared `models`, Accelerate's mixed-precision wrapping of `forward` (autocast plus a cast of the
-    outputs to float32 that rebuilds every output object). The rebuild fails for output dataclasses whose fields
-    have no defaults, such as `LFGOutput` and `PBNetOutput`; the training steps run the models under
-    `accelerator.autocast()` themselves, so nothing else changes. Distributed wrappers (DDP) stay in place.
-    """
-    for model in models:
-        accelerator.unwrap_model(model, keep_fp32_wrapper=False)
 
 
 def total_train_steps(args: argparse.Namespace, dataloader) -> int:

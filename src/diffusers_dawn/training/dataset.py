@@ -28,7 +28,7 @@ import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import datasets
 import numpy as np
@@ -273,7 +273,9 @@ class PreprocessingSettings:
     Args:
         resolution: Side of the square output frames.
         hubert: Local folder of a transformers HuBERT (model + preprocessor config), e.g. hubert-large-ls960-ft.
-        tiny_hubert_seed: Use the tiny random HuBERT of `diffusers_dawn.testing.tiny_hubert` (tests) instead.
+        audio_encoder: Instead of `hubert`, a function returning `(HubertModel, feature extractor)`, called once in
+            each worker process; it must pickle (a module-level function or a `functools.partial` of one), e.g. a
+            random tiny HuBERT for tests and synthetic demonstrations.
         face_backend: `FaceAnalyzer` backend name.
         landmarks: `"detect"` (run the face analyser) or `"sidecar"` (read `<video>.npz`'s `landmarks`, e.g. the
             ground truth of `testing/synthetic.py`).
@@ -282,15 +284,15 @@ class PreprocessingSettings:
 
     resolution: int = 128
     hubert: Optional[str] = None
-    tiny_hubert_seed: Optional[int] = None
+    audio_encoder: Optional[Callable[[], Tuple[Any, Any]]] = None
     face_backend: str = "auto"
     landmarks: str = "detect"
     crop_scale: Optional[float] = 2.0
     pose_smoothing: int = 1
 
     def __post_init__(self):
-        if (self.hubert is None) == (self.tiny_hubert_seed is None):
-            raise ValueError("give exactly one of `hubert` (a local HuBERT folder) and `tiny_hubert_seed`")
+        if (self.hubert is None) == (self.audio_encoder is None):
+            raise ValueError("give exactly one of `hubert` (a local HuBERT folder) and `audio_encoder`")
         if self.landmarks not in ("detect", "sidecar"):
             raise ValueError(f"landmarks must be 'detect' or 'sidecar', got {self.landmarks!r}")
         if self.resolution < 8:
@@ -298,19 +300,16 @@ class PreprocessingSettings:
 
     def build_audio_encoder(self):
         """(HubertModel in eval mode, feature extractor)."""
-        if self.tiny_hubert_seed is not None:
-            from ..testing.tiny_hubert import build_tiny_hubert
-
-            return build_tiny_hubert(seed=self.tiny_hubert_seed)
+        if self.audio_encoder is not None:
+            audio_encoder, feature_extractor = self.audio_encoder()
+            return audio_encoder.eval(), feature_extractor
         from transformers import AutoFeatureExtractor, HubertModel
 
         return HubertModel.from_pretrained(self.hubert).eval(), AutoFeatureExtractor.from_pretrained(self.hubert)
 
     def hubert_dim(self) -> int:
-        if self.tiny_hubert_seed is not None:
-            from ..testing.tiny_hubert import tiny_hubert_config
-
-            return tiny_hubert_config().hidden_size
+        if self.audio_encoder is not None:
+            return self.build_audio_encoder()[0].config.hidden_size
         from transformers import AutoConfig
 
         return AutoConfig.from_pretrained(self.hubert).hidden_size
@@ -334,7 +333,7 @@ _WORKER_STATE: Dict = {}
 
 def _worker_models(settings: PreprocessingSettings):
     # Each process builds the HuBERT and the face analyser once and keeps them for its next videos.
-    key = json.dumps(asdict(settings), sort_keys=True)
+    key = json.dumps(asdict(settings), sort_keys=True, default=repr)  # repr: the audio encoder function
     if _WORKER_STATE.get("key") != key:
         audio_encoder, feature_extractor = settings.build_audio_encoder()
         analyzer = FaceAnalyzer(settings.face_backend) if settings.landmarks == "detect" else None

@@ -118,13 +118,13 @@ class PBNetLossOutput(BaseOutput):
         prediction (`torch.Tensor` of shape `(batch, frames, state_dim)`): Δ̂ in network units.
     """
 
-    loss: torch.Tensor
-    reconstruction: torch.Tensor
-    kl: torch.Tensor
-    kl_weight: float
-    generator_adversarial: torch.Tensor
-    discriminator: torch.Tensor
-    prediction: torch.Tensor
+    loss: torch.Tensor = None
+    reconstruction: torch.Tensor = None
+    kl: torch.Tensor = None
+    kl_weight: float = None
+    generator_adversarial: torch.Tensor = None
+    discriminator: torch.Tensor = None
+    prediction: torch.Tensor = None
 
 
 def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:

@@ -11,6 +11,9 @@ import tempfile
 import uuid
 from typing import Iterator, Mapping, Optional, Sequence, Union
 
+from .errors import DAWNInputError
+
+
 PathLike = Union[str, os.PathLike]
 PARTIAL_TAG = ".partial"
 
@@ -98,7 +101,7 @@ def atomic_folder(path: PathLike) -> Iterator[str]:
         raise
 
 
-class OutputPathError(ValueError):
+class OutputPathError(DAWNInputError):
     """An output path that must not or cannot be written; the message names it and says what to do."""
 
 

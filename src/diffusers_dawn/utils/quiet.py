@@ -14,6 +14,7 @@ import sys
 import warnings
 from typing import Iterator
 
+
 PACKAGE_LOGGER = "diffusers_dawn"
 
 
