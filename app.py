@@ -14,9 +14,9 @@ except ImportError:  # a checkout that is not pip-installed (a Space serves the 
 
 from diffusers_dawn.cli import EMBEDDED_MODELS  # noqa: E402
 from diffusers_dawn.demo.app import build_demo, launch_demo  # noqa: E402
-from diffusers_dawn.demo.handlers import DemoSession, default_model  # noqa: E402
+from diffusers_dawn.demo.handlers import DemoSession  # noqa: E402
 
-models = [os.environ["DAWN_DEMO_MODEL"]] if os.environ.get("DAWN_DEMO_MODEL") else [default_model(), *EMBEDDED_MODELS]
+models = [os.environ["DAWN_DEMO_MODEL"]] if os.environ.get("DAWN_DEMO_MODEL") else list(EMBEDDED_MODELS)
 demo = build_demo(DemoSession(models))
 
 if __name__ == "__main__":

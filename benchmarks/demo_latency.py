@@ -30,8 +30,7 @@ import tempfile
 import time
 import urllib.request
 
-from diffusers_dawn.cli import DEMO_AUDIO, DEMO_IMAGE
-from diffusers_dawn.demo.handlers import default_model
+from diffusers_dawn.cli import DEFAULT_MODEL, default_inputs
 
 
 def free_port() -> int:
@@ -78,15 +77,18 @@ def time_demo(client, args):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--model", default=default_model(), help="model name, folder or Hub id (default: %(default)s)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="model name, folder or Hub id (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", help="torch device for both (default: cuda when available, else cpu)")
-    parser.add_argument("--image", default=DEMO_IMAGE)
-    parser.add_argument("--audio", default=DEMO_AUDIO)
+    parser.add_argument("--image", help="portrait (default: the model's own, as for `generate`)")
+    parser.add_argument("--audio", help="speech (default: the model's own, as for `generate`)")
     parser.add_argument("--json", action="store_true", help="print one JSON line")
     args = parser.parse_args(argv)
+    default_image, default_audio = default_inputs(args.model)
+    args.image = args.image or default_image
+    args.audio = args.audio or default_audio
 
     from gradio_client import Client
 
