@@ -7,6 +7,7 @@ The same page as `diffusers-dawn demo`; set DAWN_DEMO_MODEL to a pipeline folder
 import os
 import sys
 
+
 try:
     import diffusers_dawn  # noqa: F401
 except ImportError:  # a checkout that is not pip-installed (a Space serves the repository as is)
@@ -15,6 +16,7 @@ except ImportError:  # a checkout that is not pip-installed (a Space serves the 
 from diffusers_dawn.cli import EMBEDDED_MODELS  # noqa: E402
 from diffusers_dawn.demo.app import build_demo, launch_demo  # noqa: E402
 from diffusers_dawn.demo.handlers import DemoSession  # noqa: E402
+
 
 models = [os.environ["DAWN_DEMO_MODEL"]] if os.environ.get("DAWN_DEMO_MODEL") else list(EMBEDDED_MODELS)
 demo = build_demo(DemoSession(models))
