@@ -3,6 +3,7 @@
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -234,6 +235,44 @@ def test_script_trains_checkpoints_and_resumes_exactly(tiny_dataset, tmp_path, s
     final_resumed = PBNetModel.from_pretrained(tmp_path / "resumed" / f"pbnet_{state}").state_dict()
     for key, value in final_full.items():
         torch.testing.assert_close(final_resumed[key], value, atol=1e-6, rtol=0)
+
+
+def test_a_run_killed_while_checkpointing_resumes_from_the_last_complete_checkpoint(tiny_dataset, tmp_path, monkeypatch):
+    from accelerate import Accelerator
+
+    train_pbnet = load_training_script("train_pbnet")
+    config_path = tmp_path / "tiny_pbnet.json"
+    config_path.write_text(json.dumps(TINY_PBNET_CONFIG))
+    options = ["--train_batch_size", "1", "--checkpointing_steps", "2", "--checkpoints_total_limit", "1"]
+    run = tmp_path / "killed"
+    save_state = Accelerator.save_state
+    saves = []
+
+    def killed_during_the_second_save(self, output_dir=None, **kwargs):
+        saves.append(output_dir)
+        if len(saves) == 2:  # the process dies with the model file half written
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            (Path(output_dir) / "model.safetensors").write_bytes(b"half")
+            raise KeyboardInterrupt
+        return save_state(self, output_dir, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "save_state", killed_during_the_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        train_pbnet.main(_script_args("pose", tiny_dataset, run, config_path, 6, *options))
+    monkeypatch.undo()
+    # The limit of one checkpoint removed nothing complete before the new one was: step 2 is there, whole.
+    assert [path.name for path in sorted(run.glob("checkpoint-*"))] == ["checkpoint-2"]
+    assert (run / "checkpoint-2" / "pbnet_pose" / "diffusion_pytorch_model.safetensors").is_file()
+
+    resumed = train_pbnet.main(
+        _script_args("pose", tiny_dataset, run, config_path, 6, *options, "--resume_from_checkpoint", "latest")
+    )
+    assert resumed.first_step == 2 and resumed.global_step == 6
+    assert not list(run.glob("*partial*"))  # the half-written save was cleared, not resumed from
+    uninterrupted = train_pbnet.main(_script_args("pose", tiny_dataset, tmp_path / "full", config_path, 6, *options))
+    for key, value in PBNetModel.from_pretrained(tmp_path / "full" / "pbnet_pose").state_dict().items():
+        torch.testing.assert_close(PBNetModel.from_pretrained(run / "pbnet_pose").state_dict()[key], value)
+    assert uninterrupted.global_step == 6
 
 
 def test_script_checks_the_model_against_the_state_and_the_data(tiny_dataset, tmp_path):

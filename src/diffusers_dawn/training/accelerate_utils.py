@@ -300,12 +300,10 @@ def checkpoint_step(path: Path) -> int:
 
 
 def save_checkpoint(accelerator: Accelerator, output_dir: str, step: int, total_limit: Optional[int] = None) -> Path:
-    """Saves the full training state to `output_dir/checkpoint-<step>`, first removing the oldest beyond the limit."""
-    if accelerator.is_main_process and total_limit is not None:
-        checkpoints = list_checkpoints(output_dir)
-        for old in checkpoints[: max(0, len(checkpoints) - total_limit + 1)]:
-            logger.info(f"Removing old checkpoint {old}")
-            shutil.rmtree(old)
+    """
+    Saves the full training state to `output_dir/checkpoint-<step>`, then removes the oldest checkpoints beyond
+    `total_limit` (only once the new one is complete, so a run killed while saving keeps its last checkpoint).
+    """
     path = Path(output_dir) / f"{CHECKPOINT_PREFIX}{step}"
     # Every process writes into one staging folder (not matched by `list_checkpoints`), which becomes
     # `checkpoint-<step>` only once complete: an interrupted save never leaves a half checkpoint to resume from.
@@ -317,6 +315,11 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str, step: int, total_
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         replace_folder(staged, path)
+        if total_limit is not None:
+            older = [checkpoint for checkpoint in list_checkpoints(output_dir) if checkpoint != path]
+            for old in older[: max(0, len(older) + 1 - total_limit)]:
+                logger.info(f"Removing old checkpoint {old}")
+                shutil.rmtree(old)
     accelerator.wait_for_everyone()
     logger.info(f"Saved state to {path}")
     return path
