@@ -326,15 +326,68 @@ def test_seeded_face_location_encoder_is_pytorch_default_init(official_weights):
         assert torch.equal(second.face_location_encoder.state_dict()[key], value)
 
 
-def test_frame_chunking_is_exact(tiny_model, monkeypatch):
-    """Spatial linear attention and cross-attentions are per frame: one frame per chunk gives the same result."""
-    import diffusers_dawn.models.unet_3d_blocks as blocks
+@pytest.fixture
+def chunked_model(official_weights):
+    """A fresh converted model: chunk budgets set on it do not leak into the shared `tiny_model`."""
+    diffusion, face_location = official_weights
+    return convert_unet_checkpoint(diffusion, face_location_state_dict=face_location)
 
-    inputs = tiny_inputs(tiny_model, frames=4)
+
+def count_calls(monkeypatch, owner, name):
+    calls = []
+    original = getattr(owner, name)
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls
+
+
+def test_frame_chunking_is_exact(chunked_model, monkeypatch):
+    """Spatial linear attention and cross-attentions are per frame: one frame per chunk gives the same result."""
+    from diffusers_dawn.models import unet_3d_blocks as blocks
+
+    inputs = tiny_inputs(chunked_model, frames=4)
     with torch.no_grad():
-        whole = tiny_model(**inputs).sample
-        monkeypatch.setattr(blocks, "SPATIAL_ATTENTION_CHUNK_BYTES", 1)
-        monkeypatch.setattr(blocks, "CROSS_ATTENTION_CHUNK_BYTES", 1)
-        chunked = tiny_model(**inputs).sample
+        whole = chunked_model(**inputs).sample
+        linear_calls = count_calls(monkeypatch, blocks.SpatialLinearAttention, "attend")
+        chunked_model.set_attention_chunking(linear_attention_bytes=1, cross_attention_bytes=1)
+        chunked = chunked_model(**inputs).sample
+    # The budgets are the model's: one attend() per frame for each of the model's linear attentions.
+    linear_attentions = [m for m in chunked_model.modules() if isinstance(m, blocks.SpatialLinearAttention)]
+    assert len(linear_calls) == 4 * len(linear_attentions)
     # Only the matrix-product sizes change: equal up to rounding.
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_chunking_budget_reaches_the_processors_and_is_exact(chunked_model):
+    inputs = tiny_inputs(chunked_model, frames=6)
+    with torch.no_grad():
+        whole = chunked_model(**inputs).sample
+        chunked_model.set_attention_chunking(attention_bytes=1)
+        assert all(p.max_chunk_bytes == 1 for p in chunked_model.attn_processors.values())
+        chunked = chunked_model(**inputs).sample
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+    # The default processors, set again, keep the model's budget.
+    chunked_model.set_attn_processor(FullAttnProcessor())
+    chunked_model.set_default_attn_processor()
+    processors = list(chunked_model.attn_processors.values())
+    assert all(type(p) is FusedLocalAttnProcessor and p.max_chunk_bytes == 1 for p in processors)
+    with pytest.raises(ValueError, match="attention_bytes"):
+        chunked_model.set_attention_chunking(attention_bytes=0)
+
+
+def test_set_default_attn_processor_restores_the_default_results(chunked_model):
+    inputs = tiny_inputs(chunked_model, frames=5)
+    with torch.no_grad():
+        default = chunked_model(**inputs).sample
+        chunked_model.set_attn_processor(FullAttnProcessor())
+        chunked_model.set_default_attn_processor()
+        assert torch.equal(chunked_model(**inputs).sample, default)
+        # With the reference kernels, the default is the unfused local processor.
+        chunked_model.set_fused_kernels(False)
+        chunked_model.set_attn_processor(FullAttnProcessor())
+        chunked_model.set_default_attn_processor()
+    assert all(type(p) is LocalAttnProcessor for p in chunked_model.attn_processors.values())
