@@ -2,6 +2,7 @@
 
 import functools
 import inspect
+import json
 import logging
 
 import numpy as np
@@ -274,10 +275,10 @@ def test_extra_step_kwargs_are_only_those_the_scheduler_step_takes(pipe):
     original = pipe.scheduler
     try:
         for member in KarrasDiffusionSchedulers:
-            scheduler_class = getattr(diffusers_schedulers, member.name, None)
-            if scheduler_class is None:  # optional back-ends (e.g. flax-only schedulers)
+            try:
+                pipe.scheduler = getattr(diffusers_schedulers, member.name).from_config(original.config)
+            except ImportError:  # an optional dependency is missing (DPMSolverSDEScheduler needs torchsde)
                 continue
-            pipe.scheduler = scheduler_class.from_config(original.config)
             accepted = set(inspect.signature(pipe.scheduler.step).parameters)
             extra = pipe.prepare_extra_step_kwargs(generator, eta=0.3)
             assert set(extra) == accepted & {"generator", "eta"}, member.name
@@ -338,8 +339,12 @@ def test_silent_audio_works_with_a_warning(pipe, caplog):
     assert "silent" in caplog.text.lower()
 
 
-def test_official_end_to_end_fixture(fixtures_dir):
-    """sample_one_video of the official code, replayed through the pipeline's own sampling path."""
+@pytest.fixture(scope="module")
+def official_replay(fixtures_dir):
+    """
+    `sample_one_video` of the official code, replayed through the pipeline's own sampling path: the pipeline with the
+    converted official tiny models, the call's arguments, and the recorded official inputs and outputs.
+    """
     from diffusers_dawn.conversion.lfg import convert_lfg_checkpoint
     from diffusers_dawn.conversion.unet import convert_unet_checkpoint
 
@@ -358,12 +363,6 @@ def test_official_end_to_end_fixture(fixtures_dir):
     pipe = DAWNPipeline(**components)
     pipe.set_progress_bar_config(disable=True)
 
-    drawn = []
-
-    def record(pipeline, step, timestep, tensors):
-        drawn.append(tensors["latents"].clone())
-        return {}
-
     arguments = dict(
         image=io["in.sample_img"],
         crop="none",
@@ -375,13 +374,23 @@ def test_official_end_to_end_fixture(fixtures_dir):
         blink=io["in.sample_eye"][0].T.numpy(),
         num_inference_steps=20,
     )
-    # The official code drew its noise from the global CPU generator seeded 4343, in the same order the pipeline
-    # draws from its generator (initial latents, then one draw per step but the last).
-    latents = pipe(**arguments, generator=torch.Generator().manual_seed(4343), output_type="latent").frames
+    # The official code drew its noise from the global CPU generator seeded as its settings record, in the same order
+    # the pipeline draws from its generator (initial latents, then one draw per step but the last).
+    settings = json.loads((fixtures_dir / "e2e_tiny_sample_one_video_settings.json").read_text())
+    seed = settings["global_seed_before_call"]
+    return pipe, arguments, seed, io
+
+
+def test_official_end_to_end_motion_latents(official_replay):
+    pipe, arguments, seed, io = official_replay
+    latents = pipe(**arguments, generator=torch.Generator().manual_seed(seed), output_type="latent").frames
     torch.testing.assert_close(latents[:, :2], io["out.sample_vid_grid"], atol=2e-3, rtol=0)
     torch.testing.assert_close((latents[:, 2:3] + 1) / 2, io["out.sample_vid_conf"], atol=2e-3, rtol=0)
 
-    frames = pipe(**arguments, generator=torch.Generator().manual_seed(4343), output_type="pt").frames
+
+def test_official_end_to_end_frames(official_replay):
+    pipe, arguments, seed, io = official_replay
+    frames = pipe(**arguments, generator=torch.Generator().manual_seed(seed), output_type="pt").frames
     expected = io["out.sample_out_vid"].permute(0, 2, 1, 3, 4)  # (B, C, F, H, W) → (B, F, C, H, W)
     torch.testing.assert_close(frames, expected, atol=5e-3, rtol=0)
     assert (frames - expected).abs().mean() < 1e-4
