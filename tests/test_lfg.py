@@ -2,6 +2,7 @@
 
 import copy
 import json
+import math
 
 import pytest
 import torch
@@ -75,8 +76,15 @@ def test_converter_reads_the_tiny_widths_from_the_weights(model, fixtures_dir):
     assert (config.motion_block_expansion, config.motion_num_blocks, config.motion_max_features) == (4, 5, 64)
     assert (config.background_block_expansion, config.background_num_blocks, config.bg_type) == (4, 5, "affine")
     assert config.num_regions == 10
-    # Official tiny parameter counts (fixture README): generator 305,067 + regions 225,380 + background 99,870.
-    assert sum(parameter.numel() for parameter in model.parameters()) == 305_067 + 225_380 + 99_870
+    # The official tiny model's parameters (generator 305,067 + regions 225,380 + background 99,870), counted from the
+    # shapes recorded with the fixtures: every entry but the BatchNorm statistics and the fixed anti-aliasing kernels.
+    shapes = json.loads((fixtures_dir / "lfg_tiny_config.json").read_text())["state_dict_shapes"]
+    statistics = ("running_mean", "running_var", "num_batches_tracked")
+    official = sum(
+        math.prod(shape) for key, shape in shapes.items() if not key.endswith(statistics) and key not in KERNEL_KEYS
+    )
+    assert official == 305_067 + 225_380 + 99_870
+    assert sum(parameter.numel() for parameter in model.parameters()) == official
     assert not model.training
 
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 from peft import LoraConfig
+from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import get_peft_model_state_dict
 from safetensors import safe_open
 
 from diffusers_dawn import DAWNPipeline
-from diffusers_dawn.loaders import DAWNLoraLoaderMixin
 from diffusers_dawn.loaders.lora import LORA_TARGET_SUFFIXES, lora_target_modules
 from diffusers_dawn.models.unet_3d_flow import UNet3DFlowModel
 from diffusers_dawn.testing.tiny_pipeline import tiny_pipeline_components
@@ -69,7 +69,7 @@ def pipe():
     return pipeline
 
 
-def generate(pipe, frames=4):
+def generate(pipe, frames=4, **kwargs):
     audio_dim = pipe.unet.config.cond_dim - 8
     return pipe(
         image=torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(3)),
@@ -83,12 +83,32 @@ def generate(pipe, frames=4):
         num_inference_steps=2,
         generator=torch.Generator().manual_seed(0),
         output_type="latent",
+        **kwargs,
     ).frames
 
 
-def test_pipeline_is_a_lora_loader():
-    assert issubclass(DAWNPipeline, DAWNLoraLoaderMixin)
-    assert DAWNPipeline._lora_loadable_modules == ["unet"]
+def lora_scalings(unet):
+    """{layer name: {adapter: scale}} of the U-Net's LoRA layers."""
+    return {name: dict(module.scaling) for name, module in unet.named_modules() if isinstance(module, BaseTunerLayer)}
+
+
+def test_loaded_weights_add_their_low_rank_update_to_the_named_unet_projection(pipe):
+    name = lora_target_modules(pipe.unet)[0]
+    layer = pipe.unet.get_submodule(name)
+    generator = torch.Generator().manual_seed(5)
+    lora_a = torch.randn(2, layer.in_features, generator=generator)
+    lora_b = torch.randn(layer.out_features, 2, generator=generator)
+    inputs = torch.randn(3, layer.in_features, generator=generator)
+    with torch.no_grad():
+        base = layer(inputs)
+    state_dict = {f"unet.{name}.lora_A.weight": lora_a, f"unet.{name}.lora_B.weight": lora_b}
+    pipe.load_lora_weights(state_dict, adapter_name="probe")
+    assert pipe.get_list_adapters() == {"unet": ["probe"]}
+    assert list(lora_scalings(pipe.unet)) == [name]  # that projection only
+    with torch.no_grad():
+        adapted = pipe.unet.get_submodule(name)(inputs)
+    # Without adapter metadata the alpha is the rank, so the update enters with scale 1: W x + B A x.
+    torch.testing.assert_close(adapted, base + inputs @ lora_a.T @ lora_b.T, atol=1e-5, rtol=1e-5)
 
 
 def test_adapter_file_holds_only_lora_weights(adapter_dir):
@@ -127,6 +147,26 @@ def test_fused_equals_unfused_and_unfuse_restores(pipe, adapter_dir):
     pipe.unfuse_lora()
     assert pipe.num_fused_loras == 0
     torch.testing.assert_close(generate(pipe), adapted, atol=1e-4, rtol=0)
+
+
+def test_attention_kwargs_scale_the_adapter_for_one_call(pipe, adapter_dir):
+    base = generate(pipe)
+    pipe.load_lora_weights(adapter_dir, adapter_name="speaker")
+    adapted = generate(pipe)
+    scalings = lora_scalings(pipe.unet)
+    assert scalings and all(scale == {"speaker": ALPHA / RANK} for scale in scalings.values())
+
+    # Scale 0 is the base model (LoRA-wrapped layers run the reference kernels: fp32 rounding), 1 the adapted one.
+    torch.testing.assert_close(generate(pipe, attention_kwargs={"scale": 0.0}), base, atol=1e-5, rtol=0)
+    assert lora_scalings(pipe.unet) == scalings
+    torch.testing.assert_close(generate(pipe, attention_kwargs={"scale": 1.0}), adapted, atol=1e-6, rtol=0)
+    # A scale in between weighs the adapter like set_adapters does, for that call only.
+    half = generate(pipe, attention_kwargs={"scale": 0.5})
+    assert lora_scalings(pipe.unet) == scalings
+    torch.testing.assert_close(generate(pipe), adapted, atol=1e-6, rtol=0)
+    pipe.set_adapters("speaker", adapter_weights=0.5)
+    torch.testing.assert_close(generate(pipe), half, atol=1e-6, rtol=0)
+    assert (half - base).abs().max() > 1e-4 and (half - adapted).abs().max() > 1e-4
 
 
 def test_adapter_weights_and_disabling(pipe, adapter_dir):

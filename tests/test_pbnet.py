@@ -12,7 +12,8 @@ from diffusers_dawn.models.pbnet import PBNetModel, sinusoidal_position_encoding
 
 
 IO_FILES = {16: "pbnet_tiny_short16_io.safetensors", 256: "pbnet_tiny_long256_io.safetensors"}
-# Seeds of the global RNG right before the official `generate` drew its latents (fixture README §3).
+# Seeds of the global RNG right before the official `generate` drew its latents, plus the number of frames
+# (tests/fixtures/official/README.md, "Random draws").
 LATENT_SEEDS = {"pose": 6100, "blink": 6200}
 
 
@@ -155,24 +156,35 @@ def test_padded_batch_equals_sequences_sampled_alone(converted, io_tensors):
     assert torch.equal(model.sample(initial, audio, lengths=[16, 11], latents=latents), batched)
 
 
+def sample_with_seed(model, io, seed):
+    return model.sample(io["in.init_pose_norm"], io["in.audio"], generator=torch.Generator().manual_seed(seed))
+
+
 def test_sampling_is_deterministic_per_generator(converted, io_tensors):
     model, io = converted["pose"], io_tensors[16]
-    args = (io["in.init_pose_norm"], io["in.audio"])
-    first = model.sample(*args, generator=torch.Generator().manual_seed(7))
-    again = model.sample(*args, generator=torch.Generator().manual_seed(7))
-    other = model.sample(*args, generator=torch.Generator().manual_seed(8))
+    first, again, other = (sample_with_seed(model, io, seed) for seed in (7, 7, 8))
     assert torch.equal(first, again)
     assert (first - other).abs().max() > 1e-3
+
+
+def test_zero_noise_scale_samples_the_zero_latent(converted, io_tensors):
     # noise_scale multiplies the latents; zero noise is deterministic without a generator.
+    model, io = converted["pose"], io_tensors[16]
+    args = (io["in.init_pose_norm"], io["in.audio"])
     zero = model.sample(*args, noise_scale=0.0)
     torch.testing.assert_close(zero, model.sample(*args, latents=torch.zeros(1, 16, 4)), atol=0, rtol=0)
-    # One generator per sequence: each sequence gets the draw it would get alone.
+    assert (zero - sample_with_seed(model, io, 7)).abs().max() > 1e-3
+
+
+def test_one_generator_per_sequence_gives_each_the_draw_it_gets_alone(converted, io_tensors):
+    model, io = converted["pose"], io_tensors[16]
     pair = model.sample(
         io["in.init_pose_norm"].repeat(2, 1, 1),
         io["in.audio"].repeat(2, 1, 1),
         generator=[torch.Generator().manual_seed(8), torch.Generator().manual_seed(7)],
     )
-    torch.testing.assert_close(pair, torch.cat([other, first]), atol=1e-6, rtol=1e-6)
+    alone = torch.cat([sample_with_seed(model, io, 8), sample_with_seed(model, io, 7)])
+    torch.testing.assert_close(pair, alone, atol=1e-6, rtol=1e-6)
 
 
 def test_bad_inputs_get_clear_errors(converted, io_tensors):
@@ -192,16 +204,19 @@ def test_bad_inputs_get_clear_errors(converted, io_tensors):
 # --------------------------------------------------------------------------------------------------- training
 
 
-def test_training_forward_shapes_losses_and_gradients(fixtures_dir, io_tensors):
+@pytest.fixture
+def training_batch(fixtures_dir, io_tensors):
+    """A fresh pose PBNet in training mode and two sequences of 16 and 12 frames (normalised states, audio)."""
     model = convert_pbnet_checkpoint(official_weights(fixtures_dir, "pose"), official_options(fixtures_dir, "pose"))
     model.train()
-    io = io_tensors[16]
     generator = torch.Generator().manual_seed(0)
     raw_states = torch.tensor([3.0, -4.0, 1.5, 4.8e-4, 56.5, 64.9]) + torch.randn(2, 16, 6, generator=generator)
-    states = model.normalize_states(raw_states)
-    audio = io["in.audio"].repeat(2, 1, 1)
-    output = model(states, audio, lengths=[16, 12], generator=torch.Generator().manual_seed(1))
+    return model, model.normalize_states(raw_states), io_tensors[16]["in.audio"].repeat(2, 1, 1)
 
+
+def test_training_forward_shapes_targets_and_padding(training_batch):
+    model, states, audio = training_batch
+    output = model(states, audio, lengths=[16, 12], generator=torch.Generator().manual_seed(1))
     assert output.prediction.shape == output.target_delta.shape == (2, 16, 6)
     assert output.mu.shape == output.logvar.shape == (2, 16, 4)
     assert output.mask.tolist() == [[True] * 16, [True] * 12 + [False] * 4]
@@ -209,6 +224,10 @@ def test_training_forward_shapes_losses_and_gradients(fixtures_dir, io_tensors):
     assert torch.equal(output.target_delta[1, 12:], torch.zeros(4, 6))
     assert torch.equal(output.prediction[1, 12:], torch.zeros(4, 6))
 
+
+def test_training_losses_reach_every_used_parameter(training_batch):
+    model, states, audio = training_batch
+    output = model(states, audio, lengths=[16, 12], generator=torch.Generator().manual_seed(1))
     mask = output.mask
     reconstruction = nn.functional.mse_loss(output.prediction[mask], output.target_delta[mask])
     kl = -0.5 * torch.mean(1 + output.logvar - output.mu.pow(2) - output.logvar.exp())
@@ -225,8 +244,10 @@ def test_training_forward_shapes_losses_and_gradients(fixtures_dir, io_tensors):
         else:
             assert gradient is not None and gradient.abs().max() > 0, name
 
-    # Reparameterisation noise comes from the generator (checked in eval mode, where dropout is off).
-    model.eval()
+
+def test_training_reparameterisation_noise_comes_from_the_generator(training_batch):
+    model, states, audio = training_batch
+    model.eval()  # dropout off: the generator is the only source of randomness
     first, again, other = (
         model(states, audio, lengths=[16, 12], generator=torch.Generator().manual_seed(seed)).prediction
         for seed in (1, 1, 2)
@@ -247,7 +268,7 @@ def test_attention_processors_are_swappable(converted):
 # ---------------------------------------------------------------------------------------------- serialisation
 
 
-def test_save_and_load_are_bit_exact_in_fp32_and_fp16(converted, io_tensors, tmp_path):
+def test_save_and_load_are_bit_exact_in_fp32(converted, io_tensors, tmp_path):
     model, io = converted["pose"], io_tensors[16]
     model.save_pretrained(tmp_path / "fp32")
     reloaded = PBNetModel.from_pretrained(tmp_path / "fp32").eval()
@@ -258,6 +279,10 @@ def test_save_and_load_are_bit_exact_in_fp32_and_fp16(converted, io_tensors, tmp
     latents = recorded_latents(io, "pose")
     assert torch.equal(reloaded.generate_states(*args, latents=latents), model.generate_states(*args, latents=latents))
 
+
+def test_save_and_load_are_bit_exact_in_fp16_and_stay_close_to_fp32(converted, io_tensors, tmp_path):
+    model, io = converted["pose"], io_tensors[16]
+    latents = recorded_latents(io, "pose")
     half = PBNetModel.from_config(model.config).eval()
     half.load_state_dict(model.state_dict())
     half = half.to(torch.float16)

@@ -1,10 +1,16 @@
 """DAWNPipeline behaviour with tiny components: shapes, determinism, save/load, callbacks, errors, official parity."""
 
+import functools
+import inspect
+import json
 import logging
 
 import numpy as np
 import pytest
 import torch
+from diffusers import schedulers as diffusers_schedulers
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import logging as diffusers_logging
 from safetensors.torch import load_file
 
@@ -83,12 +89,17 @@ def test_seeded_generator_is_deterministic(pipe):
 
 @pytest.mark.slow
 def test_pose_and_blink_sampled_from_generator(pipe):
-    first = conditioned_call(pipe, output_type="latent")
-    second = conditioned_call(pipe, output_type="latent")
+    first, second, other = (
+        conditioned_call(pipe, output_type="latent", num_inference_steps=1, generator=torch.Generator().manual_seed(s))
+        for s in (0, 0, 1)
+    )
+    assert first.pose.shape == (6, 6) and first.blink.shape == (6, 2)
+    # The same seed gives the same motion...
     np.testing.assert_array_equal(first.pose, second.pose)
     np.testing.assert_array_equal(first.blink, second.blink)
-    # The PBNet residuals are added to the portrait's own pose, which the first frame stays close to.
-    assert first.pose.shape == (6, 6)
+    # ...and another seed other motion: the PBNets' latents come from the generator.
+    assert np.abs(first.pose - other.pose).max() > 1e-3
+    assert np.abs(first.blink - other.blink).max() > 1e-4
 
 
 @pytest.mark.slow
@@ -155,15 +166,158 @@ def test_load_in_half_precision(pipe, tmp_path):
     assert reloaded.pbnet_pose.dtype == torch.float16
 
 
-def test_classifier_free_guidance_changes_output(pipe):
-    plain = conditioned_call(pipe, output_type="latent").frames
-    guided = conditioned_call(pipe, output_type="latent", guidance_scale=2.5).frames
-    assert (plain - guided).abs().max() > 1e-4
+def test_classifier_free_guidance_is_uncond_plus_scale_times_the_difference(pipe, monkeypatch):
+    """The noise the scheduler gets is ε(∅) + s·(ε(c) − ε(∅)) from two separate U-Net calls, ∅ the zero condition."""
+    unet_inputs, scheduler_outputs = [], []
+
+    def record_unet(module, args, kwargs):
+        tensors = {name: value.clone() for name, value in kwargs.items() if torch.is_tensor(value)}
+        unet_inputs.append(([value.clone() for value in args], tensors))
+
+    original_step = pipe.scheduler.step
+
+    @functools.wraps(original_step)  # keeps the signature that prepare_extra_step_kwargs inspects
+    def record_step(model_output, *args, **kwargs):
+        scheduler_outputs.append(model_output.clone())
+        return original_step(model_output, *args, **kwargs)
+
+    monkeypatch.setattr(pipe.scheduler, "step", record_step)
+    hook = pipe.unet.register_forward_pre_hook(record_unet, with_kwargs=True)
+    scale = 2.5
+    try:
+        conditioned_call(pipe, output_type="latent", guidance_scale=scale, num_inference_steps=1)
+    finally:
+        hook.remove()
+
+    assert len(unet_inputs) == 1 and len(scheduler_outputs) == 1  # one batched call for both branches
+    (sample, timestep), tensors = unet_inputs[0]
+    condition = tensors["encoder_hidden_states"][1:2]
+    assert condition.abs().max() > 0
+
+    def explicit(encoder_hidden_states):
+        return pipe.unet(
+            sample[:1],
+            timestep[:1],
+            encoder_hidden_states=encoder_hidden_states,
+            source_latent=tensors["source_latent"][:1],
+            face_mask=tensors["face_mask"][:1],
+        ).sample
+
+    with torch.no_grad():
+        uncond, cond = explicit(torch.zeros_like(condition)), explicit(condition)
+    assert (cond - uncond).abs().max() > 1e-3  # the condition matters, so the check below has teeth
+    torch.testing.assert_close(scheduler_outputs[0], uncond + scale * (cond - uncond), atol=1e-5, rtol=1e-5)
 
 
 def test_mismatched_pose_length_is_refused(pipe):
     with pytest.raises(ValueError, match="pose has 5 frames but the speech lasts 6 frames"):
         conditioned_call(pipe, pose=np.zeros((5, 6)))
+
+
+class _NoFaceAnalysis:
+    def analyze(self, *args, **kwargs):
+        raise AssertionError("face analysis ran before the inputs were checked")
+
+    analyze_video = analyze
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (dict(pose=np.zeros((5, 6))), "pose has 5 frames but the speech lasts 6 frames"),
+        (dict(blink=np.zeros((7, 2))), "blink has 7 frames but the speech lasts 6 frames"),
+        (dict(pose=np.zeros((6, 5))), r"pose must have shape \(frames, 6\)"),
+        (dict(num_frames=4, pose=np.zeros((6, 6))), "pose has 6 frames but the speech lasts 4 frames"),
+        (dict(num_frames=7), "num_frames=7 exceeds the 6 frames the audio_features hold"),
+        (dict(num_frames=0), "num_frames must be a positive integer"),
+        (dict(audio_features=np.zeros((6, 33), np.float32)), "33 channels but the U-Net expects 32"),
+        (dict(audio_features=np.zeros((2, 6, 32), np.float32)), r"audio_features must have shape \(frames, 32\)"),
+        (dict(audio_features=np.zeros((0, 32), np.float32)), "shorter than one video frame"),
+        (dict(audio_features=None), "pass the speech as `audio`"),
+        (dict(latents=torch.zeros(1, 3, 5, 32, 32)), r"latents must have shape \(1, 3, 6, 32, 32\)"),
+        (dict(attention_kwargs={"scale": 0.5, "slice": 2}), "attention_kwargs takes only 'scale'"),
+        # Speech as audio is measured by decoding it (1 s = 25 frames), before HuBERT runs.
+        (dict(audio_features=None, audio=np.zeros(16000, np.float32), sampling_rate=16000, blink=np.zeros((6, 2))),
+         "blink has 6 frames but the speech lasts 25 frames"),
+    ],
+)
+def test_bad_inputs_are_refused_before_any_model_runs(pipe, arguments, message):
+    ran = []
+    hooks = [
+        getattr(pipe, name).register_forward_pre_hook(lambda module, args, name=name: ran.append(name))
+        for name in ("lfg", "unet", "pbnet_pose", "pbnet_blink", "audio_encoder")
+    ]
+    analyzer, pipe.face_analyzer = pipe.face_analyzer, _NoFaceAnalysis()
+    # No face box or measurements: any work before the checks would start with face analysis.
+    portrait = dict(crop="face", face_box=None, source_pose=None, source_blink=None)
+    try:
+        with pytest.raises(ValueError, match=message):
+            conditioned_call(pipe, **{**portrait, **arguments})
+    finally:
+        pipe.face_analyzer = analyzer
+        for hook in hooks:
+            hook.remove()
+    assert ran == []
+
+
+def test_pipeline_without_pbnets_needs_pose_and_blink_before_any_work():
+    components = tiny_pipeline_components()
+    components.update(pbnet_pose=None, pbnet_blink=None)
+    pipeline = DAWNPipeline(**components)
+    pipeline.face_analyzer = _NoFaceAnalysis()
+    with pytest.raises(ValueError, match="no pbnet_pose: pass `pose`"):
+        conditioned_call(pipeline, crop="face", face_box=None, blink=np.zeros((6, 2)))
+
+
+def test_extra_step_kwargs_are_only_those_the_scheduler_step_takes(pipe):
+    generator = torch.Generator()
+    assert pipe.prepare_extra_step_kwargs(generator, eta=None) == {"generator": generator}
+    assert pipe.prepare_extra_step_kwargs(generator, eta=0.3) == {"generator": generator, "eta": 0.3}
+    original = pipe.scheduler
+    try:
+        for member in KarrasDiffusionSchedulers:
+            try:
+                pipe.scheduler = getattr(diffusers_schedulers, member.name).from_config(original.config)
+            except ImportError:  # an optional dependency is missing (DPMSolverSDEScheduler needs torchsde)
+                continue
+            accepted = set(inspect.signature(pipe.scheduler.step).parameters)
+            extra = pipe.prepare_extra_step_kwargs(generator, eta=0.3)
+            assert set(extra) == accepted & {"generator", "eta"}, member.name
+    finally:
+        pipe.scheduler = original
+
+
+class _RecordingCallback(PipelineCallback):
+    tensor_inputs = ["encoder_hidden_states"]
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def callback_fn(self, pipeline, step_index, timestep, callback_kwargs):
+        self.seen.append(sorted(callback_kwargs))
+        return callback_kwargs
+
+
+class _ZeroLatentsCallback(PipelineCallback):
+    tensor_inputs = ["latents"]
+
+    def callback_fn(self, pipeline, step_index, timestep, callback_kwargs):
+        callback_kwargs["latents"] = torch.zeros_like(callback_kwargs["latents"])
+        return callback_kwargs
+
+
+def test_pipeline_callback_objects_get_their_own_tensor_inputs(pipe):
+    recording = _RecordingCallback()
+    # The callback's tensor_inputs replace callback_on_step_end_tensor_inputs, as in diffusers' pipelines.
+    conditioned_call(pipe, output_type="latent", num_inference_steps=2, callback_on_step_end=recording)
+    assert recording.seen == [["encoder_hidden_states"]] * 2
+
+    recording = _RecordingCallback()
+    both = MultiPipelineCallbacks([_ZeroLatentsCallback(), recording])
+    result = conditioned_call(pipe, output_type="latent", num_inference_steps=2, callback_on_step_end=both)
+    assert recording.seen == [["encoder_hidden_states", "latents"]] * 2
+    torch.testing.assert_close(result.frames, torch.zeros_like(result.frames))
 
 
 def test_audio_shorter_than_one_frame_is_refused(pipe):
@@ -186,8 +340,12 @@ def test_silent_audio_works_with_a_warning(pipe, caplog):
     assert "silent" in caplog.text.lower()
 
 
-def test_official_end_to_end_fixture(fixtures_dir):
-    """sample_one_video of the official code, replayed through the pipeline's own sampling path."""
+@pytest.fixture(scope="module")
+def official_replay(fixtures_dir):
+    """
+    `sample_one_video` of the official code, replayed through the pipeline's own sampling path: the pipeline with the
+    converted official tiny models, the call's arguments, and the recorded official inputs and outputs.
+    """
     from diffusers_dawn.conversion.lfg import convert_lfg_checkpoint
     from diffusers_dawn.conversion.unet import convert_unet_checkpoint
 
@@ -206,12 +364,6 @@ def test_official_end_to_end_fixture(fixtures_dir):
     pipe = DAWNPipeline(**components)
     pipe.set_progress_bar_config(disable=True)
 
-    drawn = []
-
-    def record(pipeline, step, timestep, tensors):
-        drawn.append(tensors["latents"].clone())
-        return {}
-
     arguments = dict(
         image=io["in.sample_img"],
         crop="none",
@@ -223,13 +375,23 @@ def test_official_end_to_end_fixture(fixtures_dir):
         blink=io["in.sample_eye"][0].T.numpy(),
         num_inference_steps=20,
     )
-    # The official code drew its noise from the global CPU generator seeded 4343, in the same order the pipeline
-    # draws from its generator (initial latents, then one draw per step but the last).
-    latents = pipe(**arguments, generator=torch.Generator().manual_seed(4343), output_type="latent").frames
+    # The official code drew its noise from the global CPU generator seeded as its settings record, in the same order
+    # the pipeline draws from its generator (initial latents, then one draw per step but the last).
+    settings = json.loads((fixtures_dir / "e2e_tiny_sample_one_video_settings.json").read_text())
+    seed = settings["global_seed_before_call"]
+    return pipe, arguments, seed, io
+
+
+def test_official_end_to_end_motion_latents(official_replay):
+    pipe, arguments, seed, io = official_replay
+    latents = pipe(**arguments, generator=torch.Generator().manual_seed(seed), output_type="latent").frames
     torch.testing.assert_close(latents[:, :2], io["out.sample_vid_grid"], atol=2e-3, rtol=0)
     torch.testing.assert_close((latents[:, 2:3] + 1) / 2, io["out.sample_vid_conf"], atol=2e-3, rtol=0)
 
-    frames = pipe(**arguments, generator=torch.Generator().manual_seed(4343), output_type="pt").frames
+
+def test_official_end_to_end_frames(official_replay):
+    pipe, arguments, seed, io = official_replay
+    frames = pipe(**arguments, generator=torch.Generator().manual_seed(seed), output_type="pt").frames
     expected = io["out.sample_out_vid"].permute(0, 2, 1, 3, 4)  # (B, C, F, H, W) → (B, F, C, H, W)
     torch.testing.assert_close(frames, expected, atol=5e-3, rtol=0)
     assert (frames - expected).abs().mean() < 1e-4

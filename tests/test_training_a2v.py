@@ -33,7 +33,6 @@ from _a2v_utils import (  # noqa: F401  (single_thread: autouse fixture)
     TINY_AUDIO_DIM,
     TINY_LATENT_SIZE,
     TINY_RESOLUTION,
-    TINY_UNET_CONFIG,
     single_thread,
     tiny_lfg,
     tiny_unet,
@@ -292,8 +291,7 @@ def tiny_model_dir(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("dawn")
     tiny_lfg().save_pretrained(folder / "lfg")
-    torch.manual_seed(0)
-    UNet3DFlowModel(**dict(TINY_UNET_CONFIG, cond_dim=TINY_HUBERT_DIM + 8)).save_pretrained(folder / "unet")
+    tiny_unet(seed=0, audio_dim=TINY_HUBERT_DIM).save_pretrained(folder / "unet")
     DAWNDDIMScheduler().save_pretrained(folder / "scheduler")
     return folder
 

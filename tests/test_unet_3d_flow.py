@@ -1,6 +1,8 @@
 """UNet3DFlowModel: official parity through the converter, conditioning paths, round trips, converter checks."""
 
 import json
+import math
+import re
 
 import pytest
 import torch
@@ -25,11 +27,25 @@ from diffusers_dawn.models.unet_3d_blocks import FaceLocationEncoder
 from diffusers_dawn.models.unet_3d_flow import UNet3DFlowModel, UNet3DFlowOutput
 
 
-# Official parameter counts (fixture README / facts §4.1).
-OFFICIAL_UNET_PARAMETERS = 49_857_555
-OFFICIAL_HEAD_CROSS_ATTENTION_PARAMETERS = 173_376  # never called by the official forward: not converted
-OFFICIAL_ROTARY_FREQS_PARAMETERS = 16  # one shared `freqs` parameter; here a deterministic table, not a weight
-FACE_LOCATION_ENCODER_PARAMETERS = 1_248  # not in any official checkpoint, saved with this model
+def official_parameter_counts(fixtures_dir):
+    """
+    Parameter counts of the real official U-Net, from the shapes and counts recorded with the fixtures
+    (`real_config_state_dicts.json`): the whole U-Net (49,857,555), the cross-attentions of its two output heads that
+    the official forward never calls (48 keys, 173,376 parameters: not converted), its one shared rotary `freqs`
+    parameter (16; here a deterministic table, not a weight), and the face-location encoder (1,248; in no official
+    checkpoint, saved with this model).
+    """
+    real = json.loads((fixtures_dir / "real_config_state_dicts.json").read_text())
+    shapes = real["DAWN_128"]["state_dict_diffusion"]
+    head_cross_attention = [
+        key for key in shapes if re.match(r"denoise_fn\.(final_conv|occlusion_map)\.0\.cross_attn_", key)
+    ]
+    return dict(
+        unet=real["DAWN_128"]["counts"]["unet"]["parameters_unique"],
+        head_cross_attention=sum(math.prod(shapes[key]["shape"]) for key in head_cross_attention),
+        rotary_freqs=math.prod(shapes["denoise_fn.init_temporal_attn.fn.fn.fn.rotary_emb.freqs"]["shape"]),
+        face_location_encoder=real["Face_loc_Encoder"]["counts"]["parameters_unique"],
+    )
 
 # Re-running the unmodified official code on this 2-core machine reproduces its own fixtures only to 1.6e-5 (eps,
 # null condition) and 2.8e-5 (guidance 2.5): reduction order differs between CPUs. A single pass is therefore
@@ -222,15 +238,12 @@ def test_standard_lora_targets(tiny_model):
         assert (model(**inputs).sample - before).abs().max() > 1e-4
 
 
-def test_default_config_is_the_official_model():
+def test_default_config_is_the_official_model(fixtures_dir):
     model = UNet3DFlowModel()
     parameters = sum(p.numel() for p in model.parameters())
-    assert parameters == (
-        OFFICIAL_UNET_PARAMETERS
-        - OFFICIAL_HEAD_CROSS_ATTENTION_PARAMETERS
-        - OFFICIAL_ROTARY_FREQS_PARAMETERS
-        + FACE_LOCATION_ENCODER_PARAMETERS
-    )
+    official = official_parameter_counts(fixtures_dir)
+    not_converted = official["head_cross_attention"] + official["rotary_freqs"]
+    assert parameters == official["unet"] - not_converted + official["face_location_encoder"]
     config = model.config
     assert config.base_channels == 64 and tuple(config.channel_multipliers) == (1, 2, 4, 8)
     static_channels = config.source_latent_channels + config.face_location_channels
@@ -273,36 +286,48 @@ def test_converter_on_real_shapes_gives_the_default_config(fixtures_dir):
     assert torch.equal(converted["up_blocks.2.resnets.1.blink_attention.null_value"], null_kv[1])
 
 
-def test_converter_file_and_errors(official_weights, tmp_path):
+def test_converter_reads_a_checkpoint_file(official_weights, tmp_path):
     diffusion, face_location = official_weights
     path = tmp_path / "DAWN_tiny.pth"
     torch.save({"example": 0, "diffusion": diffusion, "optimizer_diff": {}}, path)
     model = convert_dawn_file(path, face_location_state_dict=face_location)
     assert model.config.base_channels == 8 and model.config.cond_dim == 40
+    expected = convert_unet_checkpoint(diffusion, face_location_state_dict=face_location).state_dict()
+    assert all(torch.equal(value, expected[key]) for key, value in model.state_dict().items())
 
-    with pytest.raises(CheckpointConversionError, match="unknown keys"):
-        convert_unet_checkpoint({**diffusion, "ema.step": torch.zeros(1)})
-    with pytest.raises(CheckpointConversionError, match="unknown key denoise_fn.downs.0.0.extra.weight"):
-        convert_unet_checkpoint({**diffusion, "denoise_fn.downs.0.0.extra.weight": torch.zeros(1)})
-    missing = {k: v for k, v in diffusion.items() if k != "denoise_fn.ups.1.0.block2.norm.bias"}
-    with pytest.raises(CheckpointConversionError, match="missing keys"):
-        convert_unet_checkpoint(missing)
-    missing_dropped = {k: v for k, v in diffusion.items() if k != "denoise_fn.final_conv.0.cross_attn_eye.null_kv"}
-    with pytest.raises(CheckpointConversionError, match="missing keys"):
-        convert_unet_checkpoint(missing_dropped)
-    linear_schedule = dict(diffusion, betas=torch.linspace(1e-4, 0.02, 1000))
-    with pytest.raises(CheckpointConversionError, match="cosine schedule"):
-        convert_unet_checkpoint(linear_schedule)
-    wrong_freqs = dict(diffusion)
-    wrong_freqs["denoise_fn.mid_temporal_attn.fn.fn.fn.rotary_emb.freqs"] = diffusion[
-        "denoise_fn.mid_temporal_attn.fn.fn.fn.rotary_emb.freqs"
-    ] * 2
-    with pytest.raises(CheckpointConversionError, match="rotary"):
-        convert_unet_checkpoint(wrong_freqs)
+
+def _without(state_dict, key):
+    return {name: value for name, value in state_dict.items() if name != key}
+
+
+def _times_two(state_dict, key):
+    return dict(state_dict, **{key: state_dict[key] * 2})
+
+
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (lambda d: {**d, "ema.step": torch.zeros(1)}, "unknown keys"),
+        (lambda d: {**d, "denoise_fn.downs.0.0.extra.weight": torch.zeros(1)}, "unknown key denoise_fn.downs.0.0"),
+        (lambda d: _without(d, "denoise_fn.ups.1.0.block2.norm.bias"), "missing keys"),
+        # The output heads' cross-attentions are not converted, but a checkpoint without them is not official.
+        (lambda d: _without(d, "denoise_fn.final_conv.0.cross_attn_eye.null_kv"), "missing keys"),
+        (lambda d: dict(d, betas=torch.linspace(1e-4, 0.02, 1000)), "cosine schedule"),
+        (lambda d: _times_two(d, "denoise_fn.mid_temporal_attn.fn.fn.fn.rotary_emb.freqs"), "rotary"),
+    ],
+)
+def test_converter_rejects_checkpoints_that_are_not_official(official_weights, corrupt, message):
+    diffusion, _ = official_weights
+    with pytest.raises(CheckpointConversionError, match=message):
+        convert_unet_checkpoint(corrupt(diffusion))
+
+
+def test_converter_rejects_a_wrong_face_location_encoder_and_other_files(official_weights, tmp_path):
+    diffusion, _ = official_weights
     with pytest.raises(CheckpointConversionError, match="face-location"):
         convert_unet_checkpoint(diffusion, face_location_state_dict={"weight": torch.zeros(1)})
+    torch.save({"generator": {}, "region_predictor": {}, "bg_predictor": {}}, tmp_path / "lfg.pth")
     with pytest.raises(CheckpointConversionError, match="expected a DAWN A2V-FDM checkpoint"):
-        torch.save({"generator": {}, "region_predictor": {}, "bg_predictor": {}}, tmp_path / "lfg.pth")
         convert_dawn_file(tmp_path / "lfg.pth")
 
 
@@ -327,15 +352,69 @@ def test_seeded_face_location_encoder_is_pytorch_default_init(official_weights):
         assert torch.equal(second.face_location_encoder.state_dict()[key], value)
 
 
-def test_frame_chunking_is_exact(tiny_model, monkeypatch):
-    """Spatial linear attention and cross-attentions are per frame: one frame per chunk gives the same result."""
-    import diffusers_dawn.models.unet_3d_blocks as blocks
+@pytest.fixture
+def chunked_model(official_weights):
+    """A fresh converted model: chunk budgets set on it do not leak into the shared `tiny_model`."""
+    diffusion, face_location = official_weights
+    return convert_unet_checkpoint(diffusion, face_location_state_dict=face_location)
 
-    inputs = tiny_inputs(tiny_model, frames=4)
+
+def count_calls(monkeypatch, owner, name):
+    calls = []
+    original = getattr(owner, name)
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls
+
+
+def test_frame_chunking_is_exact(chunked_model, monkeypatch):
+    """Spatial linear attention and cross-attentions are per frame: one frame per chunk gives the same result."""
+    from diffusers_dawn.models import unet_3d_blocks as blocks
+
+    inputs = tiny_inputs(chunked_model, frames=4)
     with torch.no_grad():
-        whole = tiny_model(**inputs).sample
-        monkeypatch.setattr(blocks, "SPATIAL_ATTENTION_CHUNK_BYTES", 1)
-        monkeypatch.setattr(blocks, "CROSS_ATTENTION_CHUNK_BYTES", 1)
-        chunked = tiny_model(**inputs).sample
+        whole = chunked_model(**inputs).sample
+        linear_calls = count_calls(monkeypatch, blocks.SpatialLinearAttention, "attend")
+        chunked_model.set_attention_chunking(linear_attention_bytes=1, cross_attention_bytes=1)
+        chunked = chunked_model(**inputs).sample
+    # The budgets are the model's: one attend() per frame for each of the model's linear attentions.
+    linear_attentions = [m for m in chunked_model.modules() if isinstance(m, blocks.SpatialLinearAttention)]
+    assert len(linear_calls) == 4 * len(linear_attentions)
     # Only the matrix-product sizes change: equal up to rounding.
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_chunking_budget_reaches_the_processors_and_is_exact(chunked_model):
+    # One byte makes every sequence its own chunk: one batch row keeps that cheap.
+    inputs = tiny_inputs(chunked_model, batch=1, frames=6)
+    with torch.no_grad():
+        whole = chunked_model(**inputs).sample
+        chunked_model.set_attention_chunking(attention_bytes=1)
+        assert all(p.max_chunk_bytes == 1 for p in chunked_model.attn_processors.values())
+        chunked = chunked_model(**inputs).sample
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+    # The default processors, set again, keep the model's budget.
+    chunked_model.set_attn_processor(FullAttnProcessor())
+    chunked_model.set_default_attn_processor()
+    processors = list(chunked_model.attn_processors.values())
+    assert all(type(p) is FusedLocalAttnProcessor and p.max_chunk_bytes == 1 for p in processors)
+    with pytest.raises(ValueError, match="attention_bytes"):
+        chunked_model.set_attention_chunking(attention_bytes=0)
+
+
+def test_set_default_attn_processor_restores_the_default_results(chunked_model):
+    inputs = tiny_inputs(chunked_model, frames=5)
+    with torch.no_grad():
+        default = chunked_model(**inputs).sample
+        chunked_model.set_attn_processor(FullAttnProcessor())
+        chunked_model.set_default_attn_processor()
+        assert torch.equal(chunked_model(**inputs).sample, default)
+        # With the reference kernels, the default is the unfused local processor.
+        chunked_model.set_fused_kernels(False)
+        chunked_model.set_attn_processor(FullAttnProcessor())
+        chunked_model.set_default_attn_processor()
+    assert all(type(p) is LocalAttnProcessor for p in chunked_model.attn_processors.values())

@@ -12,13 +12,6 @@ from .embeddings import BandedPositionBias, RotaryEmbedding
 from .fused_kernels import cross_attentions_are_fusable, fused_cosine_cross_attentions
 
 
-# Bound of the per-chunk temporaries of the per-frame spatial linear attention (its 3·heads·dim_head channels are
-# up to 12× wider than the feature map it reads).
-SPATIAL_ATTENTION_CHUNK_BYTES = 256 * 2**20
-# Same for the per-frame cross-attentions of the res-blocks (they read every latent position of every frame).
-CROSS_ATTENTION_CHUNK_BYTES = 128 * 2**20
-
-
 def timestep_sinusoidal_embedding(timesteps: torch.Tensor, dim: int) -> torch.Tensor:
     r"""
     Sinusoidal timestep features `[sin(t·w), cos(t·w)]` with `w_j = exp(-j · ln(10000) / (dim/2 − 1))`, computed in
@@ -157,7 +150,12 @@ class ResnetBlock3D(nn.Module):
         condition_dims (`Tuple[int, int, int]`, *optional*): Widths of the audio, pose and blink conditions; `None`
             builds a block without cross-attention (the output heads).
         cross_attention_heads (`int`), cross_attention_head_dim (`int`): Shape of the cross-attentions.
+
+    The cross-attentions read every latent position of every frame; frames are processed in chunks whose temporaries
+    stay under `cross_attention_chunk_bytes` (see `UNet3DFlowModel.set_attention_chunking`).
     """
+
+    cross_attention_chunk_bytes = 128 * 2**20
 
     def __init__(
         self,
@@ -212,7 +210,7 @@ class ResnetBlock3D(nn.Module):
         fused = self.fused_kernels and cross_attentions_are_fusable([attention for attention, _ in tokens])
         # Frames are independent here: chunking them bounds the (positions × channels) temporaries of long videos.
         frame_bytes = 4 * batch * height * width * (in_channels + out_channels + 64) * hidden_states.element_size()
-        frames_per_chunk = max(1, CROSS_ATTENTION_CHUNK_BYTES // frame_bytes)
+        frames_per_chunk = max(1, self.cross_attention_chunk_bytes // frame_bytes)
         chunks = []
         for start in range(0, frames, frames_per_chunk):
             chunk = hidden_states[:, :, start : start + frames_per_chunk]
@@ -259,7 +257,12 @@ class SpatialLinearAttention(nn.Module):
     Parameters:
         channels (`int`): Feature channels.
         heads (`int`, defaults to 8), dim_head (`int`, defaults to 32): Shape of the attention.
+
+    The temporaries of one chunk stay under `max_chunk_bytes` (its 3·heads·dim_head channels are up to 12× wider than
+    the feature map it reads; see `UNet3DFlowModel.set_attention_chunking`).
     """
+
+    max_chunk_bytes = 256 * 2**20
 
     def __init__(self, channels: int, heads: int = 8, dim_head: int = 32):
         super().__init__()
@@ -294,7 +297,7 @@ class SpatialLinearAttention(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         batch, _, frames, height, width = hidden_states.shape
         frame_bytes = 6 * batch * self.hidden_channels * height * width * hidden_states.element_size()
-        frames_per_chunk = max(1, SPATIAL_ATTENTION_CHUNK_BYTES // frame_bytes)
+        frames_per_chunk = max(1, self.max_chunk_bytes // frame_bytes)
         if frames_per_chunk >= frames:
             return self.attend(hidden_states)
         # Frames are independent here, so chunking over them is exact.

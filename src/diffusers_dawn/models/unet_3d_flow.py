@@ -1,7 +1,7 @@
 """DAWN's A2V-FDM denoiser: a 3-D U-Net that predicts the noise of motion latents (flow grid + occlusion) per frame."""
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -10,7 +10,7 @@ from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.attention import AttentionMixin
 from diffusers.models.embeddings import TimestepEmbedding
 from diffusers.models.modeling_utils import ModelMixin
-from diffusers.utils import BaseOutput
+from diffusers.utils import USE_PEFT_BACKEND, BaseOutput, logging, scale_lora_layers, unscale_lora_layers
 from torch import nn
 
 from .attention_processor import DAWNAttention, FusedLocalAttnProcessor, LocalAttnProcessor
@@ -18,11 +18,16 @@ from .embeddings import RelativePositionBias, RotaryEmbedding
 from .unet_3d_blocks import (
     FaceLocationEncoder,
     OutputHead3D,
+    ResnetBlock3D,
+    SpatialLinearAttention,
     TemporalAttention,
     UNetLevel3D,
     UNetMidBlock3D,
     timestep_sinusoidal_embedding,
 )
+
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -162,6 +167,57 @@ class UNet3DFlowModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapterMixin)
         )
         self.flow_head = OutputHead3D(2 * base_channels, base_channels, flow_channels, resnet_groups)
         self.occlusion_head = OutputHead3D(2 * base_channels, base_channels, occlusion_channels, resnet_groups)
+        # Chunk budget given to the default attention processors (None: the processors' own default).
+        self._attention_chunk_bytes = None
+
+    def set_attention_chunking(
+        self,
+        attention_bytes: Optional[int] = None,
+        linear_attention_bytes: Optional[int] = None,
+        cross_attention_bytes: Optional[int] = None,
+    ) -> None:
+        r"""
+        Sets the memory budgets of the chunked computations: each bounds the temporaries of one chunk, so lower values
+        use less peak memory for long videos at the cost of more, smaller matrix products. Chunking is exact (frames
+        and batch rows are independent), so results only change by float rounding. `None` keeps a budget as it is.
+
+        Args:
+            attention_bytes (`int`, *optional*, defaults to 256 MiB): Batch chunks of the temporal attentions and
+                the middle spatial attention (the `max_chunk_bytes` of their processors; processors set later with
+                `set_attn_processor` keep their own).
+            linear_attention_bytes (`int`, *optional*, defaults to 256 MiB): Frame chunks of the per-frame spatial
+                linear attentions.
+            cross_attention_bytes (`int`, *optional*, defaults to 128 MiB): Frame chunks of the res-blocks'
+                cross-attentions to the audio, pose and blink conditions.
+        """
+        budgets = dict(
+            attention_bytes=attention_bytes,
+            linear_attention_bytes=linear_attention_bytes,
+            cross_attention_bytes=cross_attention_bytes,
+        )
+        for name, value in budgets.items():
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"`{name}` must be a positive number of bytes, got {value!r}")
+        if attention_bytes is not None:
+            self._attention_chunk_bytes = attention_bytes
+        for module in self.modules():
+            if attention_bytes is not None and isinstance(module, DAWNAttention):
+                if hasattr(module.processor, "max_chunk_bytes"):
+                    module.processor.max_chunk_bytes = attention_bytes
+            elif linear_attention_bytes is not None and isinstance(module, SpatialLinearAttention):
+                module.max_chunk_bytes = linear_attention_bytes
+            elif cross_attention_bytes is not None and isinstance(module, ResnetBlock3D):
+                module.cross_attention_chunk_bytes = cross_attention_bytes
+
+    def set_default_attn_processor(self) -> None:
+        r"""
+        Disables custom attention processors: every attention runs the default [`FusedLocalAttnProcessor`] again (or
+        [`LocalAttnProcessor`] after `set_fused_kernels(False)`), with the budget of `set_attention_chunking`.
+        """
+        fused = any(getattr(module, "fused_kernels", False) for module in self.modules())
+        processor_class = FusedLocalAttnProcessor if fused else LocalAttnProcessor
+        kwargs = {} if self._attention_chunk_bytes is None else {"max_chunk_bytes": self._attention_chunk_bytes}
+        self.set_attn_processor(processor_class(**kwargs))
 
     def set_fused_kernels(self, enabled: bool = True) -> None:
         r"""
@@ -257,6 +313,7 @@ class UNet3DFlowModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapterMixin)
         source_latent: torch.Tensor,
         face_location_features: Optional[torch.Tensor] = None,
         face_mask: Optional[torch.Tensor] = None,
+        attention_kwargs: Optional[Dict[str, Any]] = None,
         return_dict: bool = True,
     ) -> Union[UNet3DFlowOutput, tuple]:
         r"""
@@ -276,6 +333,8 @@ class UNet3DFlowModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapterMixin)
             face_mask (`torch.Tensor` of shape `(batch, 1, 4·L, 4·L)`, *optional*):
                 Binary face-box mask, encoded by the built-in face-location encoder. Give exactly one of
                 `face_mask` and `face_location_features`.
+            attention_kwargs (`dict`, *optional*): `{"scale": s}` multiplies the updates of the loaded LoRA adapters
+                by `s` for this call (0 gives the base model); their scale is restored on return.
             return_dict (`bool`, defaults to `True`): Return a [`UNet3DFlowOutput`] instead of a tuple.
 
         Returns:
@@ -283,9 +342,32 @@ class UNet3DFlowModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapterMixin)
         """
         if (face_mask is None) == (face_location_features is None):
             raise ValueError("pass exactly one of `face_mask` (binary face-box mask) and `face_location_features`")
+        lora_scale = 1.0
+        if attention_kwargs is not None:
+            unknown = sorted(set(attention_kwargs) - {"scale"})
+            if unknown:
+                raise ValueError(f"attention_kwargs takes only 'scale' (the LoRA scale), got {unknown}")
+            lora_scale = attention_kwargs.get("scale", 1.0)
+            if not USE_PEFT_BACKEND and lora_scale != 1.0:
+                logger.warning("attention_kwargs['scale'] has no effect without the PEFT backend (install peft).")
         if face_mask is not None:
             face_location_features = self.encode_face_location(face_mask)
         self._check_inputs(sample, encoder_hidden_states, source_latent, face_location_features)
+        # The LoRA layers are scaled for this call only, as diffusers' models do with their attention kwargs.
+        if USE_PEFT_BACKEND:
+            scale_lora_layers(self, lora_scale)
+        try:
+            output = self._predict_noise(
+                sample, timestep, encoder_hidden_states, source_latent, face_location_features
+            )
+        finally:
+            if USE_PEFT_BACKEND:
+                unscale_lora_layers(self, lora_scale)
+        if not return_dict:
+            return (output,)
+        return UNet3DFlowOutput(sample=output)
+
+    def _predict_noise(self, sample, timestep, encoder_hidden_states, source_latent, face_location_features):
         batch, motion_channels, num_frames = sample.shape[:3]
 
         if not torch.is_tensor(timestep):
@@ -322,7 +404,4 @@ class UNet3DFlowModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapterMixin)
 
         hidden_states = torch.cat((hidden_states, init_features), dim=1)
         del init_features
-        output = torch.cat((run(self.flow_head, hidden_states), run(self.occlusion_head, hidden_states)), dim=1)
-        if not return_dict:
-            return (output,)
-        return UNet3DFlowOutput(sample=output)
+        return torch.cat((run(self.flow_head, hidden_states), run(self.occlusion_head, hidden_states)), dim=1)

@@ -8,7 +8,8 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import DiffusionPipeline
-from diffusers.schedulers import KarrasDiffusionSchedulers  # noqa: F401  (documents which schedulers plug in)
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import HubertModel, Wav2Vec2FeatureExtractor
@@ -73,7 +74,7 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
     Args:
         lfg ([`LFGAutoencoder`]): Latent flow generator: encodes the portrait, decodes frames from motion latents.
         unet ([`UNet3DFlowModel`]): A2V-FDM denoiser of motion latents.
-        scheduler ([`SchedulerMixin`]):
+        scheduler ([`DAWNDDIMScheduler`] or one of [`KarrasDiffusionSchedulers`]):
             [`DAWNDDIMScheduler`] reproduces the official sampler; any diffusers scheduler built with
             `X.from_config(pipe.scheduler.config)` sees the same training schedule.
         pbnet_pose ([`PBNetModel`], *optional*): Pose generator (6-D head pose per frame). Without it, pass `pose`
@@ -103,7 +104,7 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
         self,
         lfg: LFGAutoencoder,
         unet: UNet3DFlowModel,
-        scheduler: DAWNDDIMScheduler,
+        scheduler: Union[DAWNDDIMScheduler, KarrasDiffusionSchedulers],
         pbnet_pose: Optional[PBNetModel] = None,
         pbnet_blink: Optional[PBNetModel] = None,
         audio_encoder: Optional[HubertModel] = None,
@@ -163,6 +164,10 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
         return self._interrupt
 
     @property
+    def attention_kwargs(self):
+        return self._attention_kwargs
+
+    @property
     def latent_size(self) -> int:
         # The LFG encoder downsamples by 4 (two stride-2 blocks) to the motion-latent grid.
         return self.config.resolution // 4
@@ -200,7 +205,7 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
         resolution = self.config.resolution
         crop = crop or self.config.crop
         if crop not in ("face", "resize", "none"):
-            raise ValueError(f"crop must be 'face', 'resize' or 'none', got {crop!r}")
+            raise DAWNInputError(f"crop must be 'face', 'resize' or 'none', got {crop!r}")
         picture = load_image(image)
         width, height = picture.size
 
@@ -219,7 +224,7 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
         if face_box.shape[0] == 4:
             face_box = np.concatenate([face_box, [height, width]])
         if face_box.shape[0] != 6:
-            raise ValueError(f"face_box must be [x_min, x_max, y_min, y_max] or [..., H, W], got {face_box.tolist()}")
+            raise DAWNInputError(f"face_box must be [x_min, x_max, y_min, y_max] or [..., H, W], got {face_box.tolist()}")
 
         if crop == "face":
             cropped, crop_transform = crop_to_face(picture, face_box, size=resolution, scale=self.config.crop_scale)
@@ -231,7 +236,7 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
             # [.., H, W] because the face mask normalises by those last two entries.
             picture = resize_square(picture, resolution)
         elif picture.size != (resolution, resolution):
-            raise ValueError(
+            raise DAWNInputError(
                 f"crop='none' needs a {resolution}x{resolution} image, got {picture.size[0]}x{picture.size[1]}; "
                 "use crop='face' or crop='resize'"
             )
@@ -264,17 +269,21 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
                 features = features[:num_frames]
             return SpeechConditions(features=features)
         if audio is None:
-            raise ValueError("pass the speech as `audio` (path, array or tensor) or precomputed `audio_features`")
+            raise DAWNInputError(_NO_SPEECH)
         if self.audio_encoder is None or self.feature_extractor is None:
-            raise ValueError(
-                "this pipeline has no audio_encoder/feature_extractor: pass precomputed `audio_features`, or load "
-                "the pipeline with a HuBERT (audio_encoder=HubertModel..., feature_extractor=...)"
-            )
-        waveform = load_audio(audio, sampling_rate=sampling_rate, target_rate=AUDIO_SAMPLING_RATE)
+            raise DAWNInputError(_NO_AUDIO_ENCODER)
+        return self.encode_waveform(self.load_speech(audio, sampling_rate), num_frames)
+
+    def load_speech(self, audio: AudioInput, sampling_rate: Optional[int] = None) -> np.ndarray:
+        """The speech as 16 kHz mono samples: decoding and resampling only, no model runs."""
+        return load_audio(audio, sampling_rate=sampling_rate, target_rate=AUDIO_SAMPLING_RATE)
+
+    def encode_waveform(self, waveform: np.ndarray, num_frames: Optional[int] = None) -> SpeechConditions:
+        """HuBERT features at 25 fps of 16 kHz mono samples from [`load_speech`], cut to `num_frames`."""
         frames = num_video_frames(len(waveform))
         if num_frames is not None:
             if num_frames > frames:
-                raise ValueError(f"num_frames={num_frames} exceeds the {frames} frames the audio lasts")
+                raise DAWNInputError(f"num_frames={num_frames} exceeds the {frames} frames the audio lasts")
             frames = num_frames
         features = compute_hubert_features(
             waveform, self.audio_encoder, self.feature_extractor, num_frames=num_video_frames(len(waveform))
@@ -308,7 +317,7 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
         audio = speech.features[None].to(device)
         for name, values, model in (("pose", pose, self.pbnet_pose), ("blink", blink, self.pbnet_blink)):
             if values is None and model is None:
-                raise ValueError(
+                raise DAWNInputError(
                     f"this pipeline has no pbnet_{name}: pass `{name}` (one row per frame) or a `driving_video`"
                 )
         if pose is None:
@@ -321,10 +330,7 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
         blink = _as_array(blink, "blink", 2)
         for name, values in (("pose", pose), ("blink", blink)):
             if values.shape[0] != num_frames:
-                raise ValueError(
-                    f"{name} has {values.shape[0]} frames but the speech lasts {num_frames} frames "
-                    f"({num_frames / VIDEO_FPS:.2f} s at {VIDEO_FPS} fps); pass one row per video frame"
-                )
+                raise DAWNInputError(_frame_count_error(name, values.shape[0], num_frames))
         return pose, blink
 
     def _motion_from_driving_video(self, driving_video, source: SourcePortrait, num_frames: int):
@@ -351,15 +357,16 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
     # ------------------------------------------------------------------------------------------------------------
     def build_condition(self, speech: SpeechConditions, source: SourcePortrait, pose, blink) -> torch.Tensor:
         """Per-frame condition [audio | pose − source pose | blink − source blink], (1, F, cond_dim)."""
-        audio_dim = self.unet.config.cond_dim - 8 if hasattr(self.unet.config, "cond_dim") else None
+        audio_dim = self._audio_feature_dim()
         if audio_dim is not None and speech.features.shape[-1] != audio_dim:
-            raise ValueError(
-                f"the audio features have {speech.features.shape[-1]} channels but the U-Net expects {audio_dim}; "
-                "use the audio encoder the model was trained with"
-            )
+            raise DAWNInputError(_audio_width_error(speech.features.shape[-1], audio_dim))
         pose_delta = torch.as_tensor(pose - source.pose[None], dtype=torch.float32)
         blink_delta = torch.as_tensor(blink - source.blink[None], dtype=torch.float32)
         return torch.cat([speech.features.float(), pose_delta, blink_delta], dim=-1)[None]
+
+    def _audio_feature_dim(self) -> Optional[int]:
+        """Channels of the speech features the U-Net's condition holds."""
+        return self.unet.config.cond_dim - 8 if hasattr(self.unet.config, "cond_dim") else None
 
     def prepare_latents(self, num_frames, dtype, device, generator, latents=None):
         shape = (1, 3, num_frames, self.latent_size, self.latent_size)
@@ -367,18 +374,19 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         else:
             if tuple(latents.shape) != shape:
-                raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+                raise DAWNInputError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
             latents = latents.to(device=device, dtype=dtype)
         return latents * self.scheduler.init_noise_sigma
 
-    def _step_kwargs(self, generator, eta):
+    def prepare_extra_step_kwargs(self, generator, eta):
+        """Keyword arguments for `scheduler.step`: only those its signature accepts (`eta` only when given)."""
         parameters = set(inspect.signature(self.scheduler.step).parameters)
-        kwargs = {}
+        extra_step_kwargs = {}
         if "generator" in parameters:
-            kwargs["generator"] = generator
+            extra_step_kwargs["generator"] = generator
         if eta is not None and "eta" in parameters:
-            kwargs["eta"] = eta
-        return kwargs
+            extra_step_kwargs["eta"] = eta
+        return extra_step_kwargs
 
     # ------------------------------------------------------------------------------------------------------------
     # 5. Motion latents → frames
@@ -391,16 +399,80 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
         return self.lfg.decode(source_features, grid, occlusion, frames_per_batch=decode_chunk_size)
 
     # ------------------------------------------------------------------------------------------------------------
-    def check_inputs(self, num_inference_steps, guidance_scale, output_type, callback_on_step_end_tensor_inputs):
+    def check_inputs(
+        self,
+        num_inference_steps,
+        guidance_scale,
+        output_type,
+        callback_on_step_end_tensor_inputs=None,
+        audio=None,
+        audio_features=None,
+        num_speech_frames=None,
+        num_frames=None,
+        pose=None,
+        blink=None,
+        driving_video=None,
+        latents=None,
+        attention_kwargs=None,
+    ):
+        """
+        Checks a call's arguments before any model runs, so that a mistake costs no face analysis, speech encoding or
+        denoising. `num_speech_frames` is the length in video frames of speech given as `audio` (see
+        [`load_speech`]); the number of frames is then known and every per-frame input is checked against it.
+        """
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+            raise DAWNInputError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
         if guidance_scale < 1.0:
-            raise ValueError(f"guidance_scale must be >= 1 (1 disables guidance), got {guidance_scale}")
+            raise DAWNInputError(f"guidance_scale must be >= 1 (1 disables guidance), got {guidance_scale}")
         if output_type not in ("np", "pil", "pt", "latent"):
-            raise ValueError(f"output_type must be 'np', 'pil', 'pt' or 'latent', got {output_type!r}")
+            raise DAWNInputError(f"output_type must be 'np', 'pil', 'pt' or 'latent', got {output_type!r}")
         unknown = [k for k in callback_on_step_end_tensor_inputs or [] if k not in self._callback_tensor_inputs]
         if unknown:
-            raise ValueError(f"callback_on_step_end_tensor_inputs must be in {self._callback_tensor_inputs}, got {unknown}")
+            raise DAWNInputError(f"callback_on_step_end_tensor_inputs must be in {self._callback_tensor_inputs}, got {unknown}")
+        if attention_kwargs is not None and set(attention_kwargs) - {"scale"}:
+            raise DAWNInputError(
+                f"attention_kwargs takes only 'scale' (the LoRA scale), got {sorted(attention_kwargs)}; DAWN's "
+                "attention processors have no other options"
+            )
+        whole = isinstance(num_frames, (int, np.integer)) and not isinstance(num_frames, bool)
+        if num_frames is not None and (not whole or num_frames < 1):
+            raise DAWNInputError(f"num_frames must be a positive integer, got {num_frames!r}")
+
+        # The number of video frames: the speech's, or fewer with `num_frames`.
+        if audio_features is not None:
+            shape = tuple(audio_features.shape) if hasattr(audio_features, "shape") else np.shape(audio_features)
+            audio_dim = self._audio_feature_dim()
+            if len(shape) not in (2, 3) or (len(shape) == 3 and shape[0] != 1):
+                raise DAWNInputError(f"audio_features must have shape (frames, {audio_dim or 'hidden'}), got {shape}")
+            if audio_dim is not None and shape[-1] != audio_dim:
+                raise DAWNInputError(_audio_width_error(shape[-1], audio_dim))
+            speech_frames, speech_name = shape[-2], "audio_features hold"
+        elif audio is not None:
+            if self.audio_encoder is None or self.feature_extractor is None:
+                raise DAWNInputError(_NO_AUDIO_ENCODER)
+            speech_frames, speech_name = num_speech_frames, "audio lasts"
+        else:
+            raise DAWNInputError(_NO_SPEECH)
+        if speech_frames is not None and speech_frames < 1:
+            raise DAWNInputError("the speech is shorter than one video frame (40 ms); pass a longer clip")
+        if num_frames is not None and speech_frames is not None and num_frames > speech_frames:
+            raise DAWNInputError(f"num_frames={num_frames} exceeds the {speech_frames} frames the {speech_name}")
+        frames = num_frames if num_frames is not None else speech_frames
+
+        for name, values, width, model in (("pose", pose, 6, self.pbnet_pose), ("blink", blink, 2, self.pbnet_blink)):
+            if values is None:
+                if model is None and driving_video is None:
+                    raise DAWNInputError(
+                        f"this pipeline has no pbnet_{name}: pass `{name}` (one row per frame) or a `driving_video`"
+                    )
+                continue
+            rows = _as_array(values, name, width).shape[0]
+            if frames is not None and rows != frames:
+                raise DAWNInputError(_frame_count_error(name, rows, frames))
+        if latents is not None and frames is not None:
+            shape = (1, 3, frames, self.latent_size, self.latent_size)
+            if tuple(latents.shape) != shape:
+                raise DAWNInputError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
 
     @torch.no_grad()
     def __call__(
@@ -426,8 +498,11 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
         decode_chunk_size: Optional[int] = 16,
         output_type: str = "np",
         return_dict: bool = True,
-        callback_on_step_end: Optional[Callable[[Any, int, int, Dict], Dict]] = None,
+        callback_on_step_end: Optional[
+            Union[Callable[[Any, int, int, Dict], Dict], PipelineCallback, MultiPipelineCallbacks]
+        ] = None,
         callback_on_step_end_tensor_inputs: List[str] = ["latents"],
+        attention_kwargs: Optional[Dict[str, Any]] = None,
         paste_back: Optional[bool] = None,
         feather: float = 0.1,
         color_match: bool = False,
@@ -468,9 +543,15 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
             decode_chunk_size (`int`, *optional*, defaults to 16): Frames decoded at once (bounds memory).
             output_type (`str`, defaults to `"np"`): `"np"`, `"pil"`, `"pt"` or `"latent"`.
             return_dict (`bool`, defaults to `True`): Return a [`DAWNPipelineOutput`] instead of a tuple.
-            callback_on_step_end (`Callable`, *optional*):
+            callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*):
                 Called after each denoising step as `callback_on_step_end(pipe, step, timestep, callback_kwargs)`
-                with the tensors named in `callback_on_step_end_tensor_inputs`; may return replacements.
+                with the tensors named in `callback_on_step_end_tensor_inputs` (for callback objects, in their
+                `tensor_inputs`); may return replacements.
+            callback_on_step_end_tensor_inputs (`List[str]`, defaults to `["latents"]`):
+                Tensors passed to a plain callback function, from `_callback_tensor_inputs`.
+            attention_kwargs (`dict`, *optional*):
+                `{"scale": s}` multiplies the loaded LoRA adapters' updates by `s` for this call (0 gives the base
+                model); the adapters' own scale is restored afterwards.
             paste_back (`bool`, *optional*): Full-frame output (defaults to the pipeline config): `frames[0]` is a
                 [`CompositedVideo`] at the photo's resolution, composited chunk by chunk when read; needs
                 `crop="face"` and `output_type="np"`.
@@ -488,7 +569,7 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
             )  # fmt: skip
             given = sorted(name for name, value in per_video.items() if value is not None)
             if given:
-                raise ValueError(
+                raise DAWNInputError(
                     f"{', '.join(given)} describe a single video; with lists of images or audio, call the pipeline "
                     "once per video to pass them"
                 )
@@ -496,7 +577,7 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
                 sampling_rate=sampling_rate, driving_video=driving_video, crop=crop, num_frames=num_frames,
                 num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, eta=eta,
                 decode_chunk_size=decode_chunk_size, output_type=output_type, return_dict=return_dict,
-                callback_on_step_end=callback_on_step_end,
+                callback_on_step_end=callback_on_step_end, attention_kwargs=attention_kwargs,
                 callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, paste_back=paste_back,
                 feather=feather, color_match=color_match, max_size=max_size,
             )  # fmt: skip
@@ -505,29 +586,52 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
                 for item_image, item_audio, item_generator in _pair_inputs(image, audio, generator)
             ]
 
-        self.check_inputs(num_inference_steps, guidance_scale, output_type, callback_on_step_end_tensor_inputs)
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        # Speech given as audio is decoded first (no model runs) so that its length can be checked against the
+        # per-frame inputs before any heavy work.
+        waveform = None
+        if audio_features is None and audio is not None and self.audio_encoder is not None:
+            waveform = self.load_speech(audio, sampling_rate)
+        self.check_inputs(
+            num_inference_steps,
+            guidance_scale,
+            output_type,
+            callback_on_step_end_tensor_inputs,
+            audio=audio,
+            audio_features=audio_features,
+            num_speech_frames=None if waveform is None else num_video_frames(len(waveform)),
+            num_frames=num_frames,
+            pose=pose,
+            blink=blink,
+            driving_video=driving_video,
+            latents=latents,
+            attention_kwargs=attention_kwargs,
+        )
         if isinstance(generator, list):
             if len(generator) != 1:
-                raise ValueError(
+                raise DAWNInputError(
                     f"got {len(generator)} generators for one video; pass one generator, or lists of images/audio"
                 )
             generator = generator[0]
         paste_back = self.config.paste_back if paste_back is None else paste_back
         if paste_back and ((crop or self.config.crop) != "face" or output_type != "np"):
-            raise ValueError(
+            raise DAWNInputError(
                 "paste_back needs crop='face' (the crop's box in the photo) and output_type='np'; got "
                 f"crop={crop or self.config.crop!r}, output_type={output_type!r}"
             )
         self._guidance_scale = guidance_scale
+        self._attention_kwargs = attention_kwargs
         self._interrupt = False
         device = self._execution_device
 
         # 1-3: conditions, in the order data flows: portrait, speech, then motion.
         source = self.prepare_source(image, face_landmarks, face_box, source_pose, source_blink, crop)
-        speech = self.encode_speech(audio, sampling_rate, audio_features, num_frames)
+        if waveform is not None:
+            speech = self.encode_waveform(waveform, num_frames)
+        else:
+            speech = self.encode_speech(audio_features=audio_features, num_frames=num_frames)
         frame_count = speech.features.shape[0]
-        if frame_count < 1:
-            raise DAWNInputError("the speech is shorter than one video frame (40 ms); pass a longer clip")
         pose, blink = self.prepare_pose_and_blink(source, speech, pose, blink, driving_video, generator)
         encoder_hidden_states = self.build_condition(speech, source, pose, blink).to(device)
 
@@ -541,7 +645,7 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
         self._num_timesteps = len(timesteps)
         # The loop runs in float32 whatever the U-Net precision: the sampler's arithmetic is cheap and exact.
         latents = self.prepare_latents(frame_count, torch.float32, device, generator, latents)
-        step_kwargs = self._step_kwargs(generator, eta)
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
         unet_dtype = self.unet.dtype
         batch = 2 if self.do_classifier_free_guidance else 1
 
@@ -567,11 +671,12 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
                     encoder_hidden_states=condition_batch.to(unet_dtype),
                     source_latent=source_latent.to(unet_dtype).expand(batch, -1, -1, -1),
                     face_mask=mask.to(unet_dtype).expand(batch, -1, -1, -1),
+                    attention_kwargs=self.attention_kwargs,
                 ).sample.float()
                 if self.do_classifier_free_guidance:
                     noise_uncond, noise_cond = noise_pred.chunk(2)
                     noise_pred = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
-                latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
+                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs).prev_sample
 
                 if callback_on_step_end is not None:
                     step_tensors = {"latents": latents, "encoder_hidden_states": encoder_hidden_states}
@@ -613,16 +718,37 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
         )
 
 
+_NO_SPEECH = "pass the speech as `audio` (path, array or tensor) or precomputed `audio_features`"
+_NO_AUDIO_ENCODER = (
+    "this pipeline has no audio_encoder/feature_extractor: pass precomputed `audio_features`, or load the pipeline "
+    "with a HuBERT (audio_encoder=HubertModel..., feature_extractor=...)"
+)
+
+
+def _audio_width_error(width: int, audio_dim: int) -> str:
+    return (
+        f"the audio features have {width} channels but the U-Net expects {audio_dim}; use the audio encoder the "
+        "model was trained with"
+    )
+
+
+def _frame_count_error(name: str, rows: int, frames: int) -> str:
+    return (
+        f"{name} has {rows} frames but the speech lasts {frames} frames ({frames / VIDEO_FPS:.2f} s at {VIDEO_FPS} "
+        "fps); pass one row per video frame"
+    )
+
+
 def _pair_inputs(images, audios, generators):
     """(image, audio, generator) per video from lists (a single image, clip or generator serves every video)."""
     images = list(images) if isinstance(images, (list, tuple)) else [images]
     audios = list(audios) if isinstance(audios, (list, tuple)) else [audios]
     count = max(len(images), len(audios))
     if len(images) not in (1, count) or len(audios) not in (1, count):
-        raise ValueError(f"got {len(images)} images and {len(audios)} audio clips; pass equal numbers (or one)")
+        raise DAWNInputError(f"got {len(images)} images and {len(audios)} audio clips; pass equal numbers (or one)")
     if isinstance(generators, (list, tuple)):
         if len(generators) != count:
-            raise ValueError(f"got {len(generators)} generators for {count} videos; pass one per video")
+            raise DAWNInputError(f"got {len(generators)} generators for {count} videos; pass one per video")
     else:
         generators = [generators] * count
     return [(images[i % len(images)], audios[i % len(audios)], generators[i]) for i in range(count)]
@@ -634,9 +760,9 @@ def _as_array(values, name: str, width: int) -> np.ndarray:
     if values.ndim == 3 and values.shape[0] == 1:
         values = values[0]
     if values.ndim != 2 or values.shape[1] != width:
-        raise ValueError(f"{name} must have shape (frames, {width}), got {tuple(values.shape)}")
+        raise DAWNInputError(f"{name} must have shape (frames, {width}), got {tuple(values.shape)}")
     if not np.isfinite(values).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
+        raise DAWNInputError(f"{name} contains NaN or infinite values")
     return values
 
 

@@ -42,21 +42,34 @@ TINY_LFG_CONFIG = dict(
     motion_num_blocks=5,
 )
 
-TINY_UNET_CONFIG = dict(
-    source_latent_channels=32,
-    face_location_channels=4,
-    face_location_hidden_channels=4,
-    base_channels=8,
-    channel_multipliers=(1, 2),
-    cond_dim=TINY_AUDIO_DIM + 8,
-    attention_heads=2,
-    attention_head_dim=16,
-    spatial_attention_head_dim=8,
-    cross_attention_heads=2,
-    cross_attention_head_dim=8,
-    resnet_groups=4,
-    init_kernel_size=3,
-)
+
+def tiny_unet_config(
+    audio_dim: int = TINY_AUDIO_DIM, source_latent_channels: int = 32, **overrides
+) -> Dict[str, object]:
+    """
+    Keyword arguments of a tiny [`UNet3DFlowModel`]: the real module tree (two levels, every attention kind) at a few
+    thousand parameters; by default the U-Net of the tiny pipeline. `audio_dim` is the width of the speech features
+    it is conditioned on, `source_latent_channels` that of the LFG latent it reads (the bottleneck of the LFG it runs
+    with); `overrides` replace any other entry of the config.
+    """
+    config = dict(
+        source_latent_channels=source_latent_channels,
+        face_location_channels=4,
+        face_location_hidden_channels=4,
+        base_channels=8,
+        channel_multipliers=(1, 2),
+        cond_dim=audio_dim + 8,  # [audio | pose (6) | blink (2)]
+        attention_heads=2,
+        attention_head_dim=16,
+        spatial_attention_head_dim=8,
+        cross_attention_heads=2,
+        cross_attention_head_dim=8,
+        resnet_groups=4,
+        init_kernel_size=3,
+    )
+    config.update(overrides)
+    return config
+
 
 _TINY_PBNET_COMMON = dict(
     audio_dim=TINY_AUDIO_DIM,
@@ -87,7 +100,7 @@ def tiny_pipeline_components(seed: int = 0) -> Dict[str, object]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         lfg = LFGAutoencoder(**TINY_LFG_CONFIG).eval()
-        unet = UNet3DFlowModel(**TINY_UNET_CONFIG).eval()
+        unet = UNet3DFlowModel(**tiny_unet_config()).eval()
         pbnet_pose = PBNetModel(**TINY_PBNET_POSE_CONFIG).eval()
         pbnet_blink = PBNetModel(**TINY_PBNET_BLINK_CONFIG).eval()
     audio_encoder, feature_extractor = build_tiny_hubert(seed=seed, hidden_size=TINY_AUDIO_DIM)
