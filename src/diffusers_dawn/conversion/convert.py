@@ -11,6 +11,7 @@ from ..models.lfg import LFGAutoencoder
 from ..models.pbnet import PBNetModel
 from ..models.unet_3d_flow import UNet3DFlowModel
 from ..pipelines.pipeline_dawn import DAWNPipeline
+from ..processing.audio import AUDIO_SAMPLING_RATE
 from ..schedulers.scheduling_dawn_ddim import DAWNDDIMScheduler
 from ..utils.io import atomic_folder
 from .common import CheckpointConversionError, load_official_checkpoint, load_tensors_only
@@ -118,7 +119,7 @@ def load_hubert(hubert_path: "str | os.PathLike"):
     except (OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointConversionError(f"{hubert_path}: cannot load a HuBERT model from it ({reason}); {HUBERT_HINT}") from None
-    if feature_extractor.sampling_rate != 16000:
+    if feature_extractor.sampling_rate != AUDIO_SAMPLING_RATE:
         raise CheckpointConversionError(
             f"{hubert_path}: the feature extractor expects {feature_extractor.sampling_rate} Hz audio; DAWN's speech "
             "features are computed at 16 kHz"

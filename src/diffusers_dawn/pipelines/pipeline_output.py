@@ -6,6 +6,8 @@ import PIL.Image
 import torch
 from diffusers.utils import BaseOutput
 
+from ..processing.audio import AUDIO_SAMPLING_RATE, VIDEO_FPS
+
 
 @dataclass
 class DAWNPipelineOutput(BaseOutput):
@@ -33,9 +35,9 @@ class DAWNPipelineOutput(BaseOutput):
     frames: Union[np.ndarray, torch.Tensor, List[List[PIL.Image.Image]]] = None
     pose: np.ndarray = None
     blink: np.ndarray = None
-    fps: float = 25.0
+    fps: float = float(VIDEO_FPS)
     audio: Optional[np.ndarray] = None
-    audio_sampling_rate: int = 16000
+    audio_sampling_rate: int = AUDIO_SAMPLING_RATE
     crops: Optional[np.ndarray] = None
     crop_box: Optional[object] = None
     photo: Optional[PIL.Image.Image] = None

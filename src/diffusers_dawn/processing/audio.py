@@ -13,8 +13,10 @@ from ..utils.errors import DAWNInputError
 
 logger = logging.get_logger(__name__)
 
+# The timing every part of DAWN shares: 16 kHz speech, 25 video frames per second, so 640 samples per frame.
 AUDIO_SAMPLING_RATE = 16000
 VIDEO_FPS = 25
+SAMPLES_PER_FRAME = AUDIO_SAMPLING_RATE // VIDEO_FPS
 # HuBERT: one vector per 320 samples, receptive field 400 samples (the "- 80" of the official length formula).
 HUBERT_HOP = 320
 HUBERT_RECEPTIVE_FIELD = 400

@@ -27,12 +27,12 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 
+from ..processing.audio import AUDIO_SAMPLING_RATE as SAMPLING_RATE
+from ..processing.audio import SAMPLES_PER_FRAME
+from ..processing.audio import VIDEO_FPS as FPS
 from ..processing.face import LIP_POINTS, bounding_box, eye_aspect_ratios, rotation_from_euler
 
 
-SAMPLING_RATE = 16000
-FPS = 25
-SAMPLES_PER_FRAME = SAMPLING_RATE // FPS
 SUPERSAMPLING = 3
 
 # Vowel formants (F1, F2, F3 in Hz) of an average adult voice, for the syllable nuclei.

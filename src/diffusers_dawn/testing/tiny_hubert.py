@@ -6,6 +6,8 @@ from typing import Tuple
 import torch
 from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
 
+from ..processing.audio import AUDIO_SAMPLING_RATE
+
 
 def tiny_hubert_config(
     hidden_size: int = 32, num_hidden_layers: int = 2, feat_extract_norm: str = "layer"
@@ -50,6 +52,6 @@ def build_tiny_hubert(
         torch.manual_seed(seed)
         model = HubertModel(tiny_hubert_config(hidden_size, num_hidden_layers, feat_extract_norm)).eval()
     extractor = Wav2Vec2FeatureExtractor(
-        feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=True
+        feature_size=1, sampling_rate=AUDIO_SAMPLING_RATE, padding_value=0.0, do_normalize=True, return_attention_mask=True
     )
     return model, extractor

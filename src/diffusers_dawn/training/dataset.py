@@ -34,7 +34,12 @@ import datasets
 import numpy as np
 import PIL.Image
 
-from ..processing.audio import AUDIO_SAMPLING_RATE, VIDEO_FPS, compute_hubert_features, num_video_frames
+from ..processing.audio import (
+    SAMPLES_PER_FRAME,
+    VIDEO_FPS,
+    compute_hubert_features,
+    num_video_frames,
+)
 from ..processing.face import FaceAnalyzer, FaceTrack, measure_face
 from ..processing.image import crop_to_face
 from ..processing.video import read_video
@@ -43,7 +48,6 @@ from ..utils.io import atomic_folder, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-SAMPLES_PER_FRAME = AUDIO_SAMPLING_RATE // VIDEO_FPS  # 640
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 SHARDS_FOLDER = "shards"
 DATASET_FOLDER = "dataset"
