@@ -61,7 +61,7 @@ def recipe_condition_dim() -> int:
 def a2v_batch(lfg, batch=4, frames=20, resolution=64, seed=0):
     """A collated `A2VClipDataset` batch of the recipe's shapes (random frames and conditions)."""
     generator = torch.Generator().manual_seed(seed)
-    latent = resolution // 2**lfg.config.num_down_blocks
+    latent = resolution // lfg.latent_downsampling
     face_mask = torch.zeros(batch, 1, resolution, resolution)
     face_mask[..., resolution // 4 : 3 * resolution // 4, resolution // 4 : 3 * resolution // 4] = 1
     mouth_mask = torch.zeros(batch, frames, latent, latent)

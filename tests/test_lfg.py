@@ -353,3 +353,12 @@ def test_config_errors_say_what_to_do():
 def test_model_module_exposes_model_mixin_for_pipeline_loading():
     # diffusers' pipeline loader looks the base class up in the module that defines the component.
     assert lfg_module.ModelMixin is not None and issubclass(LFGAutoencoder, lfg_module.ModelMixin)
+
+
+def test_latent_downsampling_is_what_the_encoder_and_the_motion_estimator_produce(model, io):
+    with torch.no_grad():
+        latent = model.encode(io["in.source_image"]).latent
+        motion = model.estimate_motion(io["in.source_image"], io["in.source_image"])
+    size = io["in.source_image"].shape[-1]
+    assert model.latent_downsampling == 4  # DAWN's two stride-2 blocks
+    assert latent.shape[-1] == motion.grid.shape[-2] == size // model.latent_downsampling

@@ -291,8 +291,7 @@ def train(args, adapter: Optional[A2VModelAdapter] = None) -> List[float]:
         unet.enable_gradient_checkpointing()
 
     dataset = load_dawn_dataset(args.dataset_name_or_path)
-    latent_downsampling = 2 ** lfg.config.num_down_blocks
-    clip_dataset = A2VClipDataset(dataset, stage=args.stage, latent_downsampling=latent_downsampling)
+    clip_dataset = A2VClipDataset(dataset, stage=args.stage, latent_downsampling=lfg.latent_downsampling)
     batch_sampler = A2VBatchSampler(
         len(clip_dataset),
         args.train_batch_size,

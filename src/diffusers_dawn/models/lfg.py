@@ -607,6 +607,11 @@ class LFGAutoencoder(ModelMixin, ConfigMixin):
         )
 
     @property
+    def latent_downsampling(self) -> int:
+        """Image size / size of the source latent and of the motion latent: `2**num_down_blocks` (4 in DAWN)."""
+        return 2**self.config.num_down_blocks
+
+    @property
     def latent_channels(self) -> int:
         """Channels of the source latent (the deepest encoder feature), the U-Net's `source_latent_channels`."""
         return min(self.config.max_features, self.config.block_expansion * 2**self.config.num_down_blocks)

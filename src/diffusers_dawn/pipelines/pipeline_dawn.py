@@ -169,8 +169,8 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
 
     @property
     def latent_size(self) -> int:
-        # The LFG encoder downsamples by 4 (two stride-2 blocks) to the motion-latent grid.
-        return self.config.resolution // 4
+        # The motion-latent grid: the image downsampled by the LFG encoder's stride-2 blocks.
+        return self.config.resolution // self.lfg.latent_downsampling
 
     @property
     def face_analyzer(self) -> FaceAnalyzer:
