@@ -34,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+from diffusers_dawn.models.unet_3d_flow import BLINK_DIM, POSE_DIM
+
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 RECIPES = REPOSITORY / "training" / "recipes"
@@ -55,7 +57,7 @@ def recipe_lfg():
 def recipe_condition_dim() -> int:
     """Speech features + Δpose (6) + Δblink (2), as the recipe's U-Net is built."""
     recipe = load_recipe()
-    return recipe.load_settings()["audio_encoder"]["hidden_size"] + recipe.POSE_BLINK_DIM
+    return recipe.load_settings()["audio_encoder"]["hidden_size"] + POSE_DIM + BLINK_DIM
 
 
 def a2v_batch(lfg, batch=4, frames=20, resolution=64, seed=0):

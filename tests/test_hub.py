@@ -11,7 +11,7 @@ from safetensors.torch import load
 
 from diffusers_dawn.loaders import DAWNLoraLoaderMixin
 from diffusers_dawn.loaders.lora import lora_target_modules
-from diffusers_dawn.models.unet_3d_flow import UNet3DFlowModel
+from diffusers_dawn.models.unet_3d_flow import BLINK_DIM, POSE_DIM, UNet3DFlowModel
 
 from _a2v_utils import TINY_AUDIO_DIM, TINY_LATENT_SIZE, TINY_RESOLUTION, single_thread, tiny_unet  # noqa: F401
 from hub_server import USER_NAME, HubServer
@@ -40,7 +40,7 @@ def _unet_output(unet):
         return unet(
             torch.randn(1, 3, 3, size, size, generator=generator),
             torch.tensor([400]),
-            torch.randn(1, 3, TINY_AUDIO_DIM + 8, generator=generator),
+            torch.randn(1, 3, TINY_AUDIO_DIM + POSE_DIM + BLINK_DIM, generator=generator),
             torch.randn(1, 16, size, size, generator=generator),
             face_mask=torch.ones(1, 1, TINY_RESOLUTION, TINY_RESOLUTION),
         ).sample

@@ -70,7 +70,7 @@ def pipe():
 
 
 def generate(pipe, frames=4, **kwargs):
-    audio_dim = pipe.unet.config.cond_dim - 8
+    audio_dim = pipe.unet.audio_dim
     return pipe(
         image=torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(3)),
         crop="none",

@@ -45,7 +45,7 @@ def pipe():
 
 def conditioned_call(pipe, frames=6, **kwargs):
     """A call that bypasses face analysis and HuBERT: everything measured is given."""
-    audio_dim = pipe.unet.config.cond_dim - 8
+    audio_dim = pipe.unet.audio_dim
     arguments = dict(
         image=torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(3)),
         crop="none",

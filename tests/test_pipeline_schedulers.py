@@ -115,7 +115,7 @@ def test_swapped_scheduler_recovers_gaussian_data(scheduler_class, steps, extra)
         face_box=[40, 90, 30, 100, 128, 128],
         source_pose=np.zeros(6),
         source_blink=np.full(2, 0.3),
-        audio_features=np.zeros((frames, components["unet"].config.cond_dim - 8), dtype=np.float32),
+        audio_features=np.zeros((frames, components["unet"].audio_dim), dtype=np.float32),
         pose=np.zeros((frames, 6)),
         blink=np.full((frames, 2), 0.3),
         num_inference_steps=steps,

@@ -12,13 +12,12 @@ from safetensors import safe_open
 from diffusers_dawn.loaders import DAWNLoraLoaderMixin
 from diffusers_dawn.loaders.lora import lora_target_modules
 from diffusers_dawn.models.lfg import flow_to_motion_latent
-from diffusers_dawn.models.unet_3d_flow import UNet3DFlowModel
+from diffusers_dawn.models.unet_3d_flow import BLINK_DIM, POSE_DIM, UNet3DFlowModel, build_condition
 from diffusers_dawn.processing.video import read_video
 from diffusers_dawn.schedulers.scheduling_dawn_ddim import DAWNDDIMScheduler
 from diffusers_dawn.training.a2v_trainer import (
     A2VBatchSampler,
     a2v_loss,
-    build_conditions,
     compute_motion_target,
     drop_conditions,
     dynamic_threshold,
@@ -116,7 +115,7 @@ def test_conditions_are_audio_and_deltas_to_the_reference():
     blink = torch.tensor([[0.3, 0.2], [0.1, 0.1], [0.0, 0.5]])
     reference_pose = torch.tensor([1.0, 1, 1, 1, 1, 1])
     reference_blink = torch.tensor([0.1, 0.2])
-    conditions = build_conditions(audio, pose, blink, reference_pose, reference_blink)
+    conditions = build_condition(audio, pose, blink, reference_pose, reference_blink)
     expected = torch.tensor(
         [
             [0.0, 1, 0, 1, 2, 3, 4, 5, 0.2, 0.0],
@@ -213,7 +212,7 @@ def _loss_inputs(batch=2, frames=3, seed=0, audio_dim=TINY_AUDIO_DIM):
     mouth_mask[:, :, 5:7, 3:5] = 1
     return dict(
         motion_target=torch.rand(batch, 3, frames, size, size, generator=generator) * 2 - 1,
-        conditions=torch.randn(batch, frames, audio_dim + 8, generator=generator),
+        conditions=torch.randn(batch, frames, audio_dim + POSE_DIM + BLINK_DIM, generator=generator),
         source_latent=torch.randn(batch, 16, size, size, generator=generator),
         face_mask=torch.ones(batch, 1, TINY_RESOLUTION, TINY_RESOLUTION),
         mouth_mask=mouth_mask,

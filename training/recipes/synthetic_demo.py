@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from diffusers_dawn import DAWNDDIMScheduler, DAWNPipeline, LFGAutoencoder, PBNetModel, UNet3DFlowModel
+from diffusers_dawn.models.unet_3d_flow import BLINK_DIM, POSE_DIM
 from diffusers_dawn.testing.synthetic import write_synthetic_dataset
 from diffusers_dawn.testing.tiny_hubert import build_tiny_hubert
 from diffusers_dawn.training.dataset import load_dawn_dataset
@@ -36,7 +37,6 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_RECIPE = HERE / "synthetic_demo.json"
 STAGES = ("data", "lfg", "pose", "blink", "a2v-stage1", "a2v-stage2", "pipeline")
 # Condition entries beside the speech features: Δpose (6) and Δblink (2).
-POSE_BLINK_DIM = 8
 
 
 def training_script(name: str):
@@ -62,7 +62,7 @@ def a2v_unet(lfg: LFGAutoencoder, audio_dim: int, settings: dict) -> UNet3DFlowM
     """The small A2V-FDM U-Net of the recipe (its source-latent width is the LFG bottleneck's)."""
     torch.manual_seed(settings["seed"])
     return UNet3DFlowModel(
-        source_latent_channels=lfg.latent_channels, cond_dim=audio_dim + POSE_BLINK_DIM, **settings["unet"]
+        source_latent_channels=lfg.latent_channels, cond_dim=audio_dim + POSE_DIM + BLINK_DIM, **settings["unet"]
     )
 
 

@@ -162,9 +162,8 @@ def check_components_fit(
             f"the --pbnet-blink checkpoint predicts {pbnet_blink.config.state_dim}-D states, not the 2 eye aspect "
             "ratios; did you swap --pbnet-pose and --pbnet-blink?"
         )
-    unet_audio_dim = unet.config.cond_dim - unet.config.pose_dim - unet.config.blink_dim
     audio_dims = {
-        "DAWN U-Net": unet_audio_dim,
+        "DAWN U-Net": unet.audio_dim,
         "PBNet pose": pbnet_pose.config.audio_dim,
         "PBNet blink": pbnet_blink.config.audio_dim,
     }

@@ -30,6 +30,38 @@ from .unet_3d_blocks import (
 logger = logging.get_logger(__name__)
 
 
+POSE_DIM = 6
+"""Head pose per frame in the condition: yaw, pitch, roll (degrees), scale, tx, ty."""
+BLINK_DIM = 2
+"""Eye aspect ratios per frame in the condition: left, right."""
+
+
+def build_condition(
+    audio_features: torch.Tensor,
+    pose: torch.Tensor,
+    blink: torch.Tensor,
+    reference_pose: torch.Tensor,
+    reference_blink: torch.Tensor,
+) -> torch.Tensor:
+    r"""
+    The per-frame condition the U-Net reads, `[audio | pose − reference pose | blink − reference blink]`, in raw units
+    (degrees, scale, translation; eye aspect ratios) as in the official training and sampling. The one place where
+    the layout is stated: the pipeline and the trainer both build their conditions here.
+
+    Args:
+        audio_features (`torch.Tensor` of shape `(..., frames, A)`), pose (`(..., frames, P)`), blink
+        (`(..., frames, B)`): Per-frame features.
+        reference_pose (`torch.Tensor` of shape `(..., P)`), reference_blink (`(..., B)`): Of the reference (source)
+            frame.
+
+    Returns:
+        `torch.Tensor` of shape `(..., frames, A + P + B)`, float32.
+    """
+    pose_delta = pose.float() - reference_pose.float().unsqueeze(-2)
+    blink_delta = blink.float() - reference_blink.float().unsqueeze(-2)
+    return torch.cat([audio_features.float(), pose_delta, blink_delta], dim=-1)
+
+
 @dataclass
 class UNet3DFlowOutput(BaseOutput):
     r"""
@@ -99,8 +131,8 @@ class UNet3DFlowModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapterMixin)
         base_channels: int = 64,
         channel_multipliers: Sequence[int] = (1, 2, 4, 8),
         cond_dim: int = 1032,
-        pose_dim: int = 6,
-        blink_dim: int = 2,
+        pose_dim: int = POSE_DIM,
+        blink_dim: int = BLINK_DIM,
         attention_heads: int = 8,
         attention_head_dim: int = 32,
         spatial_attention_head_dim: int = 32,
@@ -304,6 +336,11 @@ class UNet3DFlowModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapterMixin)
         ):
             if tensor.shape[0] not in (1, batch):
                 raise ValueError(f"`{name}` has batch size {tensor.shape[0]}, expected 1 or {batch} like `sample`")
+
+    @property
+    def audio_dim(self) -> int:
+        """Width of the speech features in the condition: `cond_dim − pose_dim − blink_dim` (see [`build_condition`])."""
+        return self.config.cond_dim - self.config.pose_dim - self.config.blink_dim
 
     def forward(
         self,

@@ -17,7 +17,7 @@ from transformers import HubertModel, Wav2Vec2FeatureExtractor
 from ..loaders.lora import DAWNLoraLoaderMixin
 from ..models.lfg import LFGAutoencoder
 from ..models.pbnet import PBNetModel
-from ..models.unet_3d_flow import UNet3DFlowModel
+from ..models.unet_3d_flow import UNet3DFlowModel, build_condition
 from ..processing.audio import AUDIO_SAMPLING_RATE, VIDEO_FPS, compute_hubert_features, load_audio, num_video_frames
 from ..processing.compositing import CompositedVideo, FrameCompositor
 from ..processing.face import FaceAnalyzer, face_mask
@@ -360,13 +360,17 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
         audio_dim = self._audio_feature_dim()
         if audio_dim is not None and speech.features.shape[-1] != audio_dim:
             raise DAWNInputError(_audio_width_error(speech.features.shape[-1], audio_dim))
-        pose_delta = torch.as_tensor(pose - source.pose[None], dtype=torch.float32)
-        blink_delta = torch.as_tensor(blink - source.blink[None], dtype=torch.float32)
-        return torch.cat([speech.features.float(), pose_delta, blink_delta], dim=-1)[None]
+        return build_condition(
+            speech.features,
+            torch.as_tensor(pose),
+            torch.as_tensor(blink),
+            torch.as_tensor(source.pose),
+            torch.as_tensor(source.blink),
+        )[None]
 
     def _audio_feature_dim(self) -> Optional[int]:
         """Channels of the speech features the U-Net's condition holds."""
-        return self.unet.config.cond_dim - 8 if hasattr(self.unet.config, "cond_dim") else None
+        return getattr(self.unet, "audio_dim", None)
 
     def prepare_latents(self, num_frames, dtype, device, generator, latents=None):
         shape = (1, 3, num_frames, self.latent_size, self.latent_size)

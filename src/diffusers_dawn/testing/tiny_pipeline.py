@@ -16,7 +16,7 @@ import torch
 
 from ..models.lfg import LFGAutoencoder
 from ..models.pbnet import PBNetModel
-from ..models.unet_3d_flow import UNet3DFlowModel
+from ..models.unet_3d_flow import BLINK_DIM, POSE_DIM, UNet3DFlowModel
 from ..schedulers.scheduling_dawn_ddim import DAWNDDIMScheduler
 from .tiny_hubert import build_tiny_hubert
 
@@ -58,7 +58,7 @@ def tiny_unet_config(
         face_location_hidden_channels=4,
         base_channels=8,
         channel_multipliers=(1, 2),
-        cond_dim=audio_dim + 8,  # [audio | pose (6) | blink (2)]
+        cond_dim=audio_dim + POSE_DIM + BLINK_DIM,
         attention_heads=2,
         attention_head_dim=16,
         spatial_attention_head_dim=8,

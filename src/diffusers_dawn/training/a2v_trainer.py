@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from diffusers.utils import BaseOutput
 
 from ..models.lfg import LFGAutoencoder
+from ..models.unet_3d_flow import build_condition
 from ..processing.face import face_mask, lip_mask
 from ..processing.image import image_to_tensor
 from ..schedulers.scheduling_dawn_ddim import dynamic_threshold
@@ -161,30 +162,6 @@ def _frames_to_tensor(frames: Sequence) -> torch.Tensor:
     return torch.cat([image_to_tensor(decode_frame(frame)) for frame in frames])
 
 
-def build_conditions(
-    audio_features: torch.Tensor,
-    pose: torch.Tensor,
-    blink: torch.Tensor,
-    reference_pose: torch.Tensor,
-    reference_blink: torch.Tensor,
-) -> torch.Tensor:
-    r"""
-    Per-frame A2V-FDM condition `[audio | pose − reference pose | blink − reference blink]`, in raw units (degrees,
-    scale, translation; eye aspect ratios) as in the official training.
-
-    Args:
-        audio_features (`torch.Tensor` of shape `(..., frames, A)`), pose (`(..., frames, 6)`), blink (`(..., frames, 2)`):
-            Per-frame features.
-        reference_pose (`torch.Tensor` of shape `(..., 6)`), reference_blink (`(..., 2)`): Of the reference frame.
-
-    Returns:
-        `torch.Tensor` of shape `(..., frames, A + 8)`.
-    """
-    pose_delta = pose - reference_pose.unsqueeze(-2)
-    blink_delta = blink - reference_blink.unsqueeze(-2)
-    return torch.cat([audio_features, pose_delta, blink_delta], dim=-1).float()
-
-
 class A2VClipDataset(torch.utils.data.Dataset):
     r"""
     Training clips for the A2V-FDM from a DAWN training dataset (one row per video, see `training/dataset.py`).
@@ -194,7 +171,8 @@ class A2VClipDataset(torch.utils.data.Dataset):
 
     Each item is a dict:
         - `frames` (clip, 3, S, S) in [0, 1] and `reference_image` (3, S, S): LFG inputs for the motion target;
-        - `conditions` (clip, A + 8): [HuBERT | pose − reference pose | blink − reference blink];
+        - `conditions` (clip, A + 6 + 2): [HuBERT | pose − reference pose | blink − reference blink] (see
+          [`~models.unet_3d_flow.build_condition`]);
         - `face_mask` (1, S, S): the reference frame's face box (official `generate_bbox_mask`);
         - `mouth_mask` (clip, L, L): each frame's lip box at the motion-latent size L = S / `latent_downsampling`;
         - `video_index` (), `reference_index` () and `frame_indices` (clip,): where the clip comes from (the keys of
@@ -254,7 +232,7 @@ class A2VClipDataset(torch.utils.data.Dataset):
         index_tensor = torch.as_tensor(indices)
         frames = _frames_to_tensor([row["frames"][i] for i in indices])
         reference_image = _frames_to_tensor([row["frames"][reference]])[0]
-        conditions = build_conditions(
+        conditions = build_condition(
             hubert[index_tensor], pose[index_tensor], blink[index_tensor], pose[reference], blink[reference]
         )
         image_size = (resolution, resolution)
