@@ -174,16 +174,24 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
             self.hub.repositories[repo_id] = repository
         return self._json(200, {"url": self._url(repo_id), "name": repo_id, "id": repo_id})
 
+    def _commit_or_error(self, repo_id: str, revision: str, head: bool = False):
+        """The commit of `repo_id` at `revision`, or `None` after answering 404 (no such repository or revision)."""
+        repository = self._repository(repo_id)
+        if repository is None:
+            self._error(404, "RepoNotFound", f"Repository {repo_id} not found", head=head)
+            return None
+        commit = repository.resolve(revision)
+        if commit is None:
+            self._error(404, "RevisionNotFound", f"Revision {revision} not found in {repo_id}", head=head)
+        return commit
+
     def _url(self, repo_id: str) -> str:
         return f"{self.hub.url}/{repo_id}"
 
     def _model_info(self, repo_id: str, revision: str):
-        repository = self._repository(repo_id)
-        if repository is None:
-            return self._error(404, "RepoNotFound", f"Repository {repo_id} not found")
-        commit = repository.resolve(revision)
+        commit = self._commit_or_error(repo_id, revision)
         if commit is None:
-            return self._error(404, "RevisionNotFound", f"Revision {revision} not found in {repo_id}")
+            return
         siblings = [{"rfilename": name, "size": len(content)} for name, content in sorted(commit.files.items())]
         return self._json(
             200,
@@ -193,7 +201,7 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
                 "modelId": repo_id,
                 "author": repo_id.split("/")[0],
                 "sha": commit.oid,
-                "private": repository.private,
+                "private": self._repository(repo_id).private,
                 "disabled": False,
                 "gated": False,
                 "downloads": 0,
@@ -204,12 +212,9 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
         )
 
     def _tree(self, repo_id: str, revision: str, folder: str):
-        repository = self._repository(repo_id)
-        if repository is None:
-            return self._error(404, "RepoNotFound", f"Repository {repo_id} not found")
-        commit = repository.resolve(revision)
+        commit = self._commit_or_error(repo_id, revision)
         if commit is None:
-            return self._error(404, "RevisionNotFound", f"Revision {revision} not found in {repo_id}")
+            return
         recursive = "recursive=true" in (urlparse(self.path).query or "").lower()
         prefix = f"{folder.rstrip('/')}/" if folder else ""
         entries, folders = [], set()
@@ -226,12 +231,9 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
         return self._json(200, entries)
 
     def _paths_info(self, repo_id: str, revision: str, body: bytes):
-        repository = self._repository(repo_id)
-        if repository is None:
-            return self._error(404, "RepoNotFound", f"Repository {repo_id} not found")
-        commit = repository.resolve(revision)
+        commit = self._commit_or_error(repo_id, revision)
         if commit is None:
-            return self._error(404, "RevisionNotFound", f"Revision {revision} not found in {repo_id}")
+            return
         content_type = self.headers.get("Content-Type", "")
         if "json" in content_type:
             paths = json.loads(body or b"{}").get("paths", [])
@@ -283,12 +285,9 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
         )
 
     def _resolve(self, repo_id: str, revision: str, filename: str, head: bool):
-        repository = self._repository(repo_id)
-        if repository is None:
-            return self._error(404, "RepoNotFound", f"Repository {repo_id} not found", head=head)
-        commit = repository.resolve(revision)
+        commit = self._commit_or_error(repo_id, revision, head=head)
         if commit is None:
-            return self._error(404, "RevisionNotFound", f"Revision {revision} not found in {repo_id}", head=head)
+            return
         if filename not in commit.files:
             return self._error(404, "EntryNotFound", f"{filename} not found in {repo_id}@{revision}", head=head)
         content = commit.files[filename]
