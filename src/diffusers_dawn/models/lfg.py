@@ -132,6 +132,13 @@ class LFGOutput(BaseOutput):
 # ---------------------------------------------------------------------------------------------------------------------
 # Motion latent <-> flow, warping
 # ---------------------------------------------------------------------------------------------------------------------
+def _check_motion_latent(motion_latent: torch.Tensor) -> None:
+    if motion_latent.ndim != 5 or motion_latent.shape[1] != 3:
+        raise ValueError(
+            f"motion latents must have shape (batch, 3, frames, L, L), got {tuple(motion_latent.shape)}"
+        )
+
+
 def motion_latent_to_flow(motion_latent: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     r"""
     Splits DAWN motion latents into decoder inputs.
@@ -143,10 +150,7 @@ def motion_latent_to_flow(motion_latent: torch.Tensor) -> Tuple[torch.Tensor, to
     Returns:
         `(grid, occlusion)` of shapes `(batch, frames, L, L, 2)` and `(batch, frames, 1, L, L)`.
     """
-    if motion_latent.ndim != 5 or motion_latent.shape[1] != 3:
-        raise ValueError(
-            f"motion latents must have shape (batch, 3, frames, L, L), got {tuple(motion_latent.shape)}"
-        )
+    _check_motion_latent(motion_latent)
     grid = motion_latent[:, :2].permute(0, 2, 3, 4, 1)
     occlusion = ((motion_latent[:, 2:3] + 1) / 2).permute(0, 2, 1, 3, 4)
     return grid, occlusion
@@ -644,10 +648,7 @@ class LFGAutoencoder(ModelMixin, ConfigMixin):
         Inverse of [`motion_to_latent`]: motion latents `(batch, 3, frames, L, L)` to the grid `(batch, frames, L, L,
         2)` and occlusion `(batch, frames, 1, L, L)` that [`decode`] takes.
         """
-        if motion_latent.ndim != 5 or motion_latent.shape[1] != 3:
-            raise ValueError(
-                f"motion latents must have shape (batch, 3, frames, L, L), got {tuple(motion_latent.shape)}"
-            )
+        _check_motion_latent(motion_latent)  # before the identity shift, whose broadcast would hide a wrong shape
         latent = motion_latent / self.config.motion_latent_scale
         if self.config.relative_motion_latent:
             latent = latent + self._identity_motion_latent(latent.shape[-1], latent.device, latent.dtype)
