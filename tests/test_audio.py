@@ -103,6 +103,9 @@ def test_bad_inputs_give_clear_errors(tmp_path):
         load_audio(np.zeros(16000))
     with pytest.raises(AudioLoadError, match="shorter than one video frame"):
         load_audio(np.ones(639) * 0.1, sampling_rate=16000)
+    for empty in (np.zeros(0), np.zeros((0, 2)), torch.zeros(2, 0)):
+        with pytest.raises(AudioLoadError, match="no samples"):
+            load_audio(empty, sampling_rate=16000)
 
 
 def test_silent_audio_warns(caplog):
@@ -282,3 +285,20 @@ def test_every_format_gives_the_frames_and_timing_of_the_speech_itself(tmp_path)
     assert set(frames.values()) == {int(SPEECH_SECONDS * 25)}, frames
     assert max(onsets.values()) - min(onsets.values()) < 0.010, onsets
     assert all(abs(onset - BURST_SECONDS) < 0.010 for onset in onsets.values()), onsets
+
+
+def test_stream_timing_trims_codec_priming_but_never_the_speech():
+    from fractions import Fraction
+
+    from diffusers_dawn.processing.audio import _trim_to_stream_timing
+
+    rate, time_base = 44100, Fraction(1, 44100)
+    decoded = np.arange(10000, dtype=np.float32)[:, None]
+    # An MP3 encoder delay of 1105 samples before the stated start, and 500 samples of last-frame padding: dropped.
+    kept = _trim_to_stream_timing(decoded, rate, start_time=1105, duration=8395, time_base=time_base, first_pts=0)
+    assert kept[0, 0] == 1105 and len(kept) == 8395
+    # A first frame without a usable time stamp (ffmpeg's "no PTS", -2**63) or a start time that disagrees with the
+    # packets by more than codec priming: the metadata is not trusted, and every decoded sample stays.
+    for first_pts, start_time in ((-(2**63), 0), (0, 5 * rate)):
+        kept = _trim_to_stream_timing(decoded, rate, start_time, duration=None, time_base=time_base, first_pts=first_pts)
+        assert len(kept) == len(decoded)

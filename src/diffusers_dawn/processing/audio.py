@@ -113,7 +113,11 @@ def _trim_to_stream_timing(samples, rate, start_time, duration, time_base, first
         return samples
     start = start_time or 0
     if first_pts is not None and first_pts < start:
-        samples = samples[int(round(float((start - first_pts) * time_base) * rate)) :]
+        priming = int(round(float((start - first_pts) * time_base) * rate))
+        # An encoder delay is a few codec frames; a larger gap means the container's start time is not the codec's
+        # (some demuxers report one that disagrees with the packets), and trusting it would drop the speech itself.
+        if priming <= MAX_CODEC_PADDING_SAMPLES:
+            samples = samples[priming:]
     if duration:
         expected = int(round(float(duration * time_base) * rate))
         if 0 < len(samples) - expected <= MAX_CODEC_PADDING_SAMPLES:
@@ -137,6 +141,8 @@ def samples_to_mono(samples: Union[np.ndarray, torch.Tensor], channel: Optional[
             samples = samples.T
     else:
         raise AudioLoadError(f"audio samples must be 1-D or 2-D (samples[, channels]), got shape {samples.shape}")
+    if samples.size == 0:
+        raise AudioLoadError(f"the audio has no samples (shape {samples.shape}); pass a speech clip")
     samples = integer_samples_to_float(samples)
     if not np.isfinite(samples).all():
         raise AudioLoadError("the audio contains NaN or infinite samples")
