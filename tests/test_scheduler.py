@@ -118,6 +118,25 @@ def test_dynamic_threshold_per_sample():
     assert thresholded[1].abs().max() == 1.0
 
 
+def test_threshold_sample_follows_the_config_and_is_what_step_applies():
+    scheduler = DAWNDDIMScheduler(dynamic_thresholding_ratio=0.5, sample_min_threshold=2.0)
+    values = torch.arange(1.0, 11.0)
+    sample = torch.stack([values, values / 10]).reshape(2, 10, 1)
+    thresholded = scheduler.threshold_sample(sample)
+    # Sample 0: the 0.5-quantile of 1..10 is 5.5 (above the floor 2); sample 1 stays under the floor, so s = 2.
+    torch.testing.assert_close(thresholded[0].flatten(), values.clamp(max=5.5) / 5.5)
+    torch.testing.assert_close(thresholded[1].flatten(), values / 10 / 2)
+    # One sampling step returns the thresholded x̂₀ of the unthresholded prediction.
+    scheduler.set_timesteps(2)
+    shape = (2, 3, 2, 4, 4)
+    latents = torch.randn(shape, generator=torch.Generator().manual_seed(3)) * 3
+    eps = torch.randn(shape, generator=torch.Generator().manual_seed(4))
+    timestep = scheduler.timesteps[0]
+    output = scheduler.step(eps, timestep, latents, generator=torch.Generator().manual_seed(5))
+    expected = scheduler.threshold_sample(scheduler.predict_original_sample(eps, timestep, latents))
+    torch.testing.assert_close(output.pred_original_sample, expected, atol=0, rtol=0)
+
+
 def test_off_by_one_flag_changes_the_renoising_only():
     shape = (1, 3, 2, 4, 4)
     sample = torch.randn(shape, generator=torch.Generator().manual_seed(1))

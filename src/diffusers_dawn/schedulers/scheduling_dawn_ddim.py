@@ -236,6 +236,13 @@ class DAWNDDIMScheduler(SchedulerMixin, ConfigMixin):
         recipm1 = self.sqrt_recipm1_alphas_cumprod[timestep].to(sample.device).view(shape)
         return recip * sample - recipm1 * model_output
 
+    def threshold_sample(self, sample: torch.Tensor) -> torch.Tensor:
+        r"""
+        Dynamic thresholding of a predicted clean sample with this scheduler's settings (`dynamic_thresholding_ratio`,
+        `sample_min_threshold`), as `step` applies it when `thresholding` is on; training applies it to x̂₀ alike.
+        """
+        return dynamic_threshold(sample, self.config.dynamic_thresholding_ratio, self.config.sample_min_threshold)
+
     def step(
         self,
         model_output: torch.Tensor,
@@ -272,9 +279,7 @@ class DAWNDDIMScheduler(SchedulerMixin, ConfigMixin):
         sample_fp32, model_output_fp32 = sample.float(), model_output.float()
         pred_original_sample = self.predict_original_sample(model_output_fp32, current, sample_fp32)
         if self.config.thresholding:
-            pred_original_sample = dynamic_threshold(
-                pred_original_sample, self.config.dynamic_thresholding_ratio, self.config.sample_min_threshold
-            )
+            pred_original_sample = self.threshold_sample(pred_original_sample)
 
         alpha = self._renoising_alpha(current).to(sample.device)
         alpha_next = self._renoising_alpha(following).to(sample.device)

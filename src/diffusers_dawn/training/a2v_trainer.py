@@ -21,7 +21,6 @@ from ..models.lfg import LFGAutoencoder
 from ..models.unet_3d_flow import build_condition
 from ..processing.face import face_mask, lip_mask
 from ..processing.image import image_to_tensor
-from ..schedulers.scheduling_dawn_ddim import dynamic_threshold
 from .dataset import decode_frame, keep_frames_encoded
 
 
@@ -31,7 +30,6 @@ STAGE_CLIP_LENGTHS = {1: (20, 20), 2: (30, 40)}
 NULL_CONDITION_PROBABILITY = 0.1
 LIP_LOSS_WEIGHT = 0.15
 FLOW_LOSS_WEIGHT = 0.15
-DYNAMIC_THRESHOLD_PERCENTILE = 0.9
 
 # Columns a clip needs; the raw audio waveform is not read (the HuBERT features are precomputed per frame).
 CLIP_COLUMNS = ("frames", "num_frames", "resolution", "hubert", "pose", "eye_ratios", "face_box", "lip_box")
@@ -398,7 +396,15 @@ def drop_conditions(
 def predict_original_sample(
     alphas_cumprod: torch.Tensor, noisy_sample: torch.Tensor, noise_pred: torch.Tensor, timesteps: torch.Tensor
 ) -> torch.Tensor:
-    r"""x̂₀ = sqrt(1/ᾱ_t)·x_t − sqrt(1/ᾱ_t − 1)·ε̂ per sample, in float32."""
+    r"""
+    x̂₀ = sqrt(1/ᾱ_t)·x_t − sqrt(1/ᾱ_t − 1)·ε̂ per sample, in float32, with the coefficients computed from the float32
+    `alphas_cumprod` of any diffusers scheduler.
+
+    This is the training form of the formula, kept apart from `DAWNDDIMScheduler.predict_original_sample` on purpose:
+    the sampler reads its coefficients from tables computed in float64 (as the official sampler does), which differ
+    from these in the last float32 bits at about half of the timesteps. The trained models (the shipped demo
+    model among them) were trained with this form, and a training run must reproduce them bit for bit.
+    """
     alpha_bar = alphas_cumprod.to(noisy_sample.device, torch.float32)[timesteps.long()]
     alpha_bar = alpha_bar.view(-1, *([1] * (noisy_sample.ndim - 1)))
     return (1.0 / alpha_bar).sqrt() * noisy_sample.float() - (1.0 / alpha_bar - 1.0).sqrt() * noise_pred.float()
@@ -495,14 +501,15 @@ def a2v_loss(
     simple = squared_error.mean()
     lip = lip_weighted_loss(squared_error, mouth_mask)
     predicted_original = predict_original_sample(noise_scheduler.alphas_cumprod, noisy_sample, noise_pred, timesteps)
-    config = noise_scheduler.config
-    # Threshold x̂₀ as the sampler will (DAWN's scheduler does by default; a scaled relative motion latent must not).
-    if getattr(config, "thresholding", False):
-        predicted_original = dynamic_threshold(
-            predicted_original,
-            getattr(config, "dynamic_thresholding_ratio", DYNAMIC_THRESHOLD_PERCENTILE),
-            getattr(config, "sample_min_threshold", 1.0),
-        )
+    # Threshold x̂₀ as the sampler will, with the scheduler's own rule and settings (DAWN's scheduler thresholds by
+    # default; a scaled relative motion latent must not).
+    if getattr(noise_scheduler.config, "thresholding", False):
+        if not hasattr(noise_scheduler, "threshold_sample"):
+            raise ValueError(
+                f"{type(noise_scheduler).__name__} has thresholding on but no DAWN dynamic thresholding; train with "
+                "DAWNDDIMScheduler or turn thresholding off in the scheduler config"
+            )
+        predicted_original = noise_scheduler.threshold_sample(predicted_original)
     flow = flow_loss(predicted_original, motion_target)
     total = simple + lip_loss_weight * lip + flow_loss_weight * flow
     return A2VLossOutput(loss=total, simple_loss=simple, lip_loss=lip, flow_loss=flow)
