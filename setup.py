@@ -42,7 +42,7 @@ setup(
     packages=find_packages("src"),
     include_package_data=True,
     package_data={"diffusers_dawn": ["assets/**/*"]},
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     install_requires=install_requires,
     extras_require=extras,
     entry_points={"console_scripts": ["diffusers-dawn=diffusers_dawn.cli:main"]},

@@ -1,7 +1,6 @@
-"""A2V-FDM two-stage curriculum: clip sampling, conditions, loss components, overfitting, and the training script."""
+"""A2V-FDM two-stage curriculum: clip sampling, conditions, loss components, overfitting, and `train_a2v` / `train_lora`."""
 
 import shutil
-import types
 
 import numpy as np
 import pytest
@@ -14,19 +13,20 @@ from diffusers_dawn.loaders.lora import lora_target_modules
 from diffusers_dawn.models.lfg import flow_to_motion_latent
 from diffusers_dawn.models.unet_3d_flow import BLINK_DIM, POSE_DIM, UNet3DFlowModel, build_condition
 from diffusers_dawn.processing.video import read_video
-from diffusers_dawn.schedulers.scheduling_dawn_ddim import DAWNDDIMScheduler
+from diffusers_dawn.schedulers.scheduling_dawn_ddim import DAWNDDIMScheduler, dynamic_threshold
 from diffusers_dawn.training.a2v_trainer import (
     A2VBatchSampler,
     a2v_loss,
     compute_motion_target,
     drop_conditions,
-    dynamic_threshold,
     flow_loss,
     lip_weighted_loss,
     predict_original_sample,
     sample_clip,
     sample_clip_length,
 )
+from diffusers_dawn.training.run_a2v import A2VTrainingConfig, train_a2v
+from diffusers_dawn.training.run_lora import LoraTrainingConfig, train_lora
 
 from _a2v_utils import (  # noqa: F401  (single_thread: autouse fixture)
     TINY_AUDIO_DIM,
@@ -36,7 +36,7 @@ from _a2v_utils import (  # noqa: F401  (single_thread: autouse fixture)
     tiny_lfg,
     tiny_unet,
 )
-from _training_utils import TINY_HUBERT_DIM, build_tiny_dataset, load_training_script
+from _training_utils import TINY_HUBERT_DIM, build_tiny_dataset
 from hub_server import HubServer
 
 
@@ -219,11 +219,11 @@ def _loss_inputs(batch=2, frames=3, seed=0, audio_dim=TINY_AUDIO_DIM):
     )
 
 
-@pytest.mark.parametrize("thresholding", [True, False])
-def test_a2v_loss_is_the_weighted_sum_of_its_recomputed_parts(thresholding):
+@pytest.mark.parametrize("thresholding, ratio", [(True, 0.9), (True, 0.6), (False, 0.9)])
+def test_a2v_loss_is_the_weighted_sum_of_its_recomputed_parts(thresholding, ratio):
     unet = tiny_unet()
-    # The flow loss thresholds x̂₀ exactly when the scheduler's sampler does.
-    scheduler = DAWNDDIMScheduler(thresholding=thresholding)
+    # The flow loss thresholds x̂₀ exactly when, and as, the scheduler's sampler does (its own ratio).
+    scheduler = DAWNDDIMScheduler(thresholding=thresholding, dynamic_thresholding_ratio=ratio)
     inputs = _loss_inputs()
     output = a2v_loss(
         unet, scheduler, **inputs, null_condition_probability=0.0, generator=torch.Generator().manual_seed(5)
@@ -244,7 +244,7 @@ def test_a2v_loss_is_the_weighted_sum_of_its_recomputed_parts(thresholding):
     alpha_bar = scheduler.alphas_cumprod[timesteps].view(-1, 1, 1, 1, 1)
     x0 = noisy / alpha_bar.sqrt() - (1 / alpha_bar - 1).sqrt() * noise_pred
     if thresholding:
-        scale = x0.abs().reshape(2, -1).quantile(0.9, dim=1).clamp(min=1).view(-1, 1, 1, 1, 1)
+        scale = x0.abs().reshape(2, -1).quantile(ratio, dim=1).clamp(min=1).view(-1, 1, 1, 1, 1)
         x0 = x0.clamp(-scale, scale) / scale
     target = inputs["motion_target"]
     flow = ((x0[:, :2] - target[:, :2]) ** 2).mean() + (((x0[:, 2:] + 1) / 2 - (target[:, 2:] + 1) / 2) ** 2).mean()
@@ -253,6 +253,13 @@ def test_a2v_loss_is_the_weighted_sum_of_its_recomputed_parts(thresholding):
     torch.testing.assert_close(output.flow_loss.detach(), flow, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(output.loss.detach(), simple + 0.15 * lip + 0.15 * flow, atol=1e-6, rtol=1e-5)
     assert output.loss.requires_grad
+
+
+def test_a2v_loss_refuses_thresholding_it_cannot_reproduce():
+    # A diffusers scheduler with thresholding on has no DAWN thresholding rule: the loss says so instead of guessing.
+    scheduler = DDPMScheduler(beta_schedule="squaredcos_cap_v2", thresholding=True)
+    with pytest.raises(ValueError, match="DAWNDDIMScheduler"):
+        a2v_loss(tiny_unet(), scheduler, **_loss_inputs(batch=1, frames=2), generator=torch.Generator().manual_seed(0))
 
 
 @pytest.mark.slow
@@ -274,12 +281,7 @@ def test_overfits_one_batch():
     assert losses[-1] <= 0.5 * losses[0], losses
 
 
-# -- the training scripts, end to end on CPU --------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def scripts():
-    return types.SimpleNamespace(a2v=load_training_script("train_a2v"), lora=load_training_script("train_lora"))
-
-
+# -- the training runs, end to end on CPU -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
     """
@@ -298,25 +300,25 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_dataset_dir(tmp_path_factory):
     """Two synthetic talking-face videos (38 frames) through the real preprocessing, at the tiny model's 32 px."""
-    return build_tiny_dataset(tmp_path_factory.mktemp("a2v_data"), extra_args=["--resolution", str(TINY_RESOLUTION)])
+    return build_tiny_dataset(tmp_path_factory.mktemp("a2v_data"), resolution=TINY_RESOLUTION)
 
 
-def _common_args(dataset_dir, model_dir, output_dir):
-    return [
-        "--dataset_name_or_path", str(dataset_dir),
-        "--pretrained_model_name_or_path", str(model_dir),
-        "--output_dir", str(output_dir),
-        "--train_batch_size", "2",
-        "--report_to", "none",
-        "--seed", "0",
-    ]  # fmt: skip
+def _common_settings(dataset_dir, model_dir, output_dir):
+    return dict(
+        dataset_name_or_path=str(dataset_dir),
+        pretrained_model_name_or_path=str(model_dir),
+        output_dir=str(output_dir),
+        train_batch_size=2,
+        report_to="none",
+        seed=0,
+    )
 
 
 @pytest.mark.slow
-def test_stage1_resumes_exactly_and_stage2_starts_from_stage1(scripts, tiny_dataset_dir, tiny_model_dir, tmp_path):
+def test_stage1_resumes_exactly_and_stage2_starts_from_stage1(tiny_dataset_dir, tiny_model_dir, tmp_path):
     stage1 = tmp_path / "stage1"
-    args = _common_args(tiny_dataset_dir, tiny_model_dir, stage1) + ["--stage", "1", "--checkpointing_steps", "2"]
-    uninterrupted = scripts.a2v.main(args + ["--max_train_steps", "4"])
+    settings = dict(_common_settings(tiny_dataset_dir, tiny_model_dir, stage1), stage=1, checkpointing_steps=2)
+    uninterrupted = train_a2v(A2VTrainingConfig(**settings, max_train_steps=4)).losses
     assert len(uninterrupted) == 4 and all(np.isfinite(uninterrupted))
     checkpoint = stage1 / "checkpoint-2"
     assert (checkpoint / "unet" / "config.json").is_file() and (checkpoint / "optimizer.bin").is_file()
@@ -324,20 +326,21 @@ def test_stage1_resumes_exactly_and_stage2_starts_from_stage1(scripts, tiny_data
 
     # Resume from step 2: the next losses equal the uninterrupted run's.
     shutil.rmtree(stage1 / "checkpoint-4")
-    resumed = scripts.a2v.main(args + ["--max_train_steps", "4", "--resume_from_checkpoint", "latest"])
-    np.testing.assert_allclose(resumed, uninterrupted[2:], atol=1e-6, rtol=0)
+    resumed = train_a2v(A2VTrainingConfig(**settings, max_train_steps=4, resume_from_checkpoint="latest"))
+    assert resumed.first_step == 2
+    np.testing.assert_allclose(resumed.losses, uninterrupted[2:], atol=1e-6, rtol=0)
 
     with pytest.raises(ValueError, match="--init_from"):
-        scripts.a2v.parse_args(_common_args(tiny_dataset_dir, tiny_model_dir, tmp_path / "x") + ["--stage", "2"])
+        A2VTrainingConfig(**_common_settings(tiny_dataset_dir, tiny_model_dir, tmp_path / "x"), stage=2)
 
     # Stage 2 from the stage-1 output; with a zero learning rate the weights must be exactly stage 1's.
     stage2 = tmp_path / "stage2"
-    stage2_args = _common_args(tiny_dataset_dir, tiny_model_dir, stage2) + [
-        "--stage", "2", "--init_from", str(stage1), "--max_train_steps", "1", "--learning_rate", "0",
-        "--min_clip_length", "30", "--max_clip_length", "32",
-        "--validation_steps", "1", "--validation_frames", "6", "--validation_inference_steps", "2",
-    ]  # fmt: skip
-    losses = scripts.a2v.main(stage2_args)
+    stage2_config = A2VTrainingConfig(
+        **_common_settings(tiny_dataset_dir, tiny_model_dir, stage2), stage=2, init_from=str(stage1),
+        max_train_steps=1, learning_rate=0.0, min_clip_length=30, max_clip_length=32,
+        validation_steps=1, validation_frames=6, validation_inference_steps=2,
+    )
+    losses = train_a2v(stage2_config).losses
     assert len(losses) == 1 and np.isfinite(losses[0])
     stage1_unet = UNet3DFlowModel.from_pretrained(stage1 / "unet")
     stage2_unet = UNet3DFlowModel.from_pretrained(stage2 / "unet")
@@ -349,15 +352,13 @@ def test_stage1_resumes_exactly_and_stage2_starts_from_stage1(scripts, tiny_data
 
 
 @pytest.mark.slow
-def test_train_lora_saves_only_adapter_weights_that_change_the_model(
-    scripts, tiny_dataset_dir, tiny_model_dir, tmp_path
-):
+def test_train_lora_saves_only_adapter_weights_that_change_the_model(tiny_dataset_dir, tiny_model_dir, tmp_path):
     output = tmp_path / "lora"
-    args = _common_args(tiny_dataset_dir, tiny_model_dir, output) + [
-        "--max_train_steps", "2", "--rank", "4", "--lora_alpha", "8", "--learning_rate", "1e-2",
-        "--min_clip_length", "20", "--max_clip_length", "24", "--checkpointing_steps", "1",
-    ]  # fmt: skip
-    uninterrupted = scripts.lora.main(args)
+    settings = dict(
+        _common_settings(tiny_dataset_dir, tiny_model_dir, output), max_train_steps=2, rank=4, lora_alpha=8,
+        learning_rate=1e-2, min_clip_length=20, max_clip_length=24, checkpointing_steps=1,
+    )
+    uninterrupted = train_lora(LoraTrainingConfig(**settings)).losses
     adapter_file = output / "pytorch_lora_weights.safetensors"
     with safe_open(str(adapter_file), "pt") as handle:
         keys = list(handle.keys())
@@ -366,12 +367,12 @@ def test_train_lora_saves_only_adapter_weights_that_change_the_model(
     assert {key.split(".lora_")[0][len("unet.") :] for key in keys} == set(lora_target_modules(base))
 
     shutil.rmtree(output / "checkpoint-2")
-    resumed = scripts.lora.main(args + ["--resume_from_checkpoint", "latest"])
+    resumed = train_lora(LoraTrainingConfig(**settings, resume_from_checkpoint="latest")).losses
     np.testing.assert_allclose(resumed, uninterrupted[1:], atol=1e-6, rtol=0)
 
-    # --push_to_hub uploads the adapter and a model card, nothing else, to a Hub-compatible server.
+    # push_to_hub uploads the adapter and a model card, nothing else, to a Hub-compatible server.
     with HubServer() as hub, hub.activate():
-        scripts.lora.main(args + ["--push_to_hub", "--hub_model_id", "dawn-tester/speaker-lora"])
+        train_lora(LoraTrainingConfig(**settings, push_to_hub=True, hub_model_id="dawn-tester/speaker-lora"))
         assert set(hub.files("dawn-tester/speaker-lora")) == {
             ".gitattributes", "README.md", "pytorch_lora_weights.safetensors"
         }

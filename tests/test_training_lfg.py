@@ -1,4 +1,4 @@
-"""LFG training: the perceptual pyramid, equivariance, frame pairs, overfitting, and `training/train_lfg.py` end to end."""
+"""LFG training: the perceptual pyramid, equivariance, frame pairs, overfitting, and `train_lfg` end to end."""
 
 import json
 import logging
@@ -20,14 +20,15 @@ from diffusers_dawn.training.lfg_trainer import (
     lfg_loss,
     lip_region_masks,
 )
+from diffusers_dawn.training.run_lfg import LFGTrainingConfig, train_lfg
 
 from _a2v_utils import TINY_LFG_CONFIG, single_thread  # noqa: F401
-from _training_utils import build_tiny_dataset, load_training_script
+from _training_utils import build_tiny_dataset
 
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory):
-    return build_tiny_dataset(tmp_path_factory.mktemp("lfg_data"), num_videos=2, extra_args=["--resolution", "32"])
+    return build_tiny_dataset(tmp_path_factory.mktemp("lfg_data"), num_videos=2, resolution=32)
 
 
 @pytest.fixture(scope="module")
@@ -164,25 +165,26 @@ def test_overfits_one_fixed_batch(random_vgg):
     assert min(losses[-5:]) < 0.5 * losses[0], losses
 
 
-# -- the script -------------------------------------------------------------------------------------------------------
-def _script_args(dataset, output_dir, config_path, max_steps, *extra):
-    return [
-        "--dataset_name_or_path", str(dataset), "--output_dir", str(output_dir), "--lfg_config", str(config_path),
-        "--max_train_steps", str(max_steps), "--train_batch_size", "2", "--num_repeats", "3",
-        "--checkpointing_steps", "2", "--learning_rate", "1e-3", "--report_to", "tensorboard",
-        "--validation_steps", "4", "--validation_frames", "4", "--seed", "7", *extra,
-    ]
+# -- the training run -------------------------------------------------------------------------------------------------
+def _config(dataset, output_dir, config_path, max_steps, **overrides) -> LFGTrainingConfig:
+    settings = dict(
+        dataset_name_or_path=str(dataset), output_dir=str(output_dir), lfg_config=str(config_path),
+        max_train_steps=max_steps, train_batch_size=2, num_repeats=3, checkpointing_steps=2, learning_rate=1e-3,
+        report_to="tensorboard", validation_steps=4, validation_frames=4, seed=7,
+    )
+    settings.update(overrides)
+    return LFGTrainingConfig(**settings)
 
 
 @pytest.mark.slow
-def test_script_trains_checkpoints_and_resumes_exactly(tiny_dataset, tmp_path):
-    train_lfg = load_training_script("train_lfg")
+def test_training_checkpoints_and_resumes_exactly(tiny_dataset, tmp_path):
     config_path = tmp_path / "tiny_lfg.json"
     config_path.write_text(json.dumps(TINY_LFG_CONFIG))
 
     # 3 steps per epoch (2 videos × 3 repeats, batch 2): the checkpoint at step 2 is in the middle of an epoch.
-    full = train_lfg.main(_script_args(tiny_dataset, tmp_path / "full", config_path, 4, "--use_ema"))
+    full = train_lfg(_config(tiny_dataset, tmp_path / "full", config_path, 4, use_ema=True))
     assert full.first_step == 0 and full.global_step == 4 and len(full.history) == 4
+    assert full.output_dir == str(tmp_path / "full")
     assert all(np.isfinite(step["loss"]) for step in full.history)
     for step in (2, 4):
         checkpoint = tmp_path / "full" / f"checkpoint-{step}"
@@ -196,8 +198,8 @@ def test_script_trains_checkpoints_and_resumes_exactly(tiny_dataset, tmp_path):
 
     # An interrupted run: only the step-2 state exists; `latest` continues from it.
     shutil.copytree(tmp_path / "full" / "checkpoint-2", tmp_path / "resumed" / "checkpoint-2")
-    resumed = train_lfg.main(
-        _script_args(tiny_dataset, tmp_path / "resumed", config_path, 4, "--use_ema", "--resume_from_checkpoint", "latest")
+    resumed = train_lfg(
+        _config(tiny_dataset, tmp_path / "resumed", config_path, 4, use_ema=True, resume_from_checkpoint="latest")
     )
     assert resumed.first_step == 2 and resumed.global_step == 4 and len(resumed.history) == 2
     for uninterrupted, continued in zip(full.history[2:], resumed.history):
@@ -209,22 +211,19 @@ def test_script_trains_checkpoints_and_resumes_exactly(tiny_dataset, tmp_path):
         torch.testing.assert_close(final_resumed[key], value, atol=1e-6, rtol=0)
 
 
-def test_script_rejects_conflicting_model_sources(tiny_dataset, tmp_path):
-    train_lfg = load_training_script("train_lfg")
+def test_config_rejects_conflicting_model_sources(tiny_dataset, tmp_path):
     with pytest.raises(ValueError, match="not both"):
-        train_lfg.parse_args(["--dataset_name_or_path", str(tiny_dataset), "--output_dir", str(tmp_path),
-                              "--lfg_config", "a.json", "--pretrained_model_name_or_path", "b"])
+        LFGTrainingConfig(dataset_name_or_path=str(tiny_dataset), output_dir=str(tmp_path), lfg_config="a.json",
+                          pretrained_model_name_or_path="b")
 
 
 @pytest.mark.slow
 def test_gradient_checkpointing_gives_the_same_training(tiny_dataset, tmp_path):
-    train_lfg = load_training_script("train_lfg")
     config_path = tmp_path / "tiny_lfg.json"
     config_path.write_text(json.dumps(TINY_LFG_CONFIG))
-    plain = train_lfg.main(_script_args(tiny_dataset, tmp_path / "plain", config_path, 2, "--report_to", "none"))
-    checkpointed = train_lfg.main(
-        _script_args(tiny_dataset, tmp_path / "checkpointed", config_path, 2, "--report_to", "none",
-                     "--gradient_checkpointing")
+    plain = train_lfg(_config(tiny_dataset, tmp_path / "plain", config_path, 2, report_to="none"))
+    checkpointed = train_lfg(
+        _config(tiny_dataset, tmp_path / "checkpointed", config_path, 2, report_to="none", gradient_checkpointing=True)
     )
     # The second step's loss depends on the first step's gradients.
     for expected, actual in zip(plain.history, checkpointed.history):

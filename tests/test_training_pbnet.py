@@ -1,4 +1,4 @@
-"""PBNet training: KL schedule, 1-D PatchGAN, the loss terms, sequence windows, overfitting, and the script end to end."""
+"""PBNet training: KL schedule, 1-D PatchGAN, the loss terms, sequence windows, overfitting, and `train_pbnet` end to end."""
 
 import json
 import math
@@ -18,9 +18,10 @@ from diffusers_dawn.training.pbnet_trainer import (
     kl_weight,
     pbnet_loss,
 )
+from diffusers_dawn.training.run_pbnet import PBNetTrainingConfig, train_pbnet
 
 from _a2v_utils import single_thread  # noqa: F401
-from _training_utils import TINY_DATASET_FRAMES, TINY_HUBERT_DIM, build_tiny_dataset, load_training_script
+from _training_utils import TINY_DATASET_FRAMES, TINY_HUBERT_DIM, build_tiny_dataset
 
 
 TINY_PBNET_CONFIG = dict(
@@ -46,7 +47,7 @@ def tiny_pbnet(state: str = "pose", seed: int = 0) -> PBNetModel:
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory):
-    return build_tiny_dataset(tmp_path_factory.mktemp("pbnet_data"), num_videos=2, extra_args=["--resolution", "32"])
+    return build_tiny_dataset(tmp_path_factory.mktemp("pbnet_data"), num_videos=2, resolution=32)
 
 
 # -- schedule and discriminator ---------------------------------------------------------------------------------------
@@ -176,8 +177,9 @@ def test_overfits_one_fixed_batch(state):
     assert min(reconstructions[-5:]) < 0.5 * reconstructions[0], reconstructions
 
 
-# -- the script -------------------------------------------------------------------------------------------------------
+# -- the training run -------------------------------------------------------------------------------------------------
 def _script_args(state, dataset, output_dir, config_path, max_steps, *extra):
+    """The command line of `training/train_pbnet.py` for a tiny run (used where the launcher itself is tested)."""
     return [
         "--state", state, "--dataset_name_or_path", str(dataset), "--output_dir", str(output_dir),
         "--pbnet_config", str(config_path), "--max_train_steps", str(max_steps), "--learning_rate", "1e-3",
@@ -185,21 +187,27 @@ def _script_args(state, dataset, output_dir, config_path, max_steps, *extra):
     ]
 
 
+def _config(state, dataset, output_dir, config_path, max_steps, **overrides) -> PBNetTrainingConfig:
+    settings = dict(
+        state=state, dataset_name_or_path=str(dataset), output_dir=str(output_dir), pbnet_config=str(config_path),
+        max_train_steps=max_steps, learning_rate=1e-3, report_to="none", seed=3,
+    )
+    settings.update(overrides)
+    return PBNetTrainingConfig(**settings)
+
+
 @pytest.mark.parametrize(
     "state, options, checkpoint_step",
     [
         # pose: batch 1 with 2 accumulated micro-batches (1 optimiser step per epoch), EMA, KL warm-up over epochs 2-4.
-        ("pose", ["--train_batch_size", "1", "--gradient_accumulation_steps", "2", "--use_ema",
-                  "--kl_schedule", "linear_warmup", "--kl_start_epoch", "2", "--kl_ramp_epochs", "2",
-                  "--checkpointing_steps", "2", "--validation_steps", "4"], 2),
+        ("pose", dict(train_batch_size=1, gradient_accumulation_steps=2, use_ema=True, kl_schedule="linear_warmup",
+                      kl_start_epoch=2, kl_ramp_epochs=2, checkpointing_steps=2, validation_steps=4), 2),
         # blink: 30-frame windows, batch 1 (2 steps per epoch), resumed from the middle of an epoch; a fitted prior.
-        ("blink", ["--train_batch_size", "1", "--window_frames", "30", "--checkpointing_steps", "3",
-                   "--fit_latent_prior"], 3),
+        ("blink", dict(train_batch_size=1, window_frames=30, checkpointing_steps=3, fit_latent_prior=True), 3),
     ],
 )
 @pytest.mark.slow
-def test_script_trains_checkpoints_and_resumes_exactly(tiny_dataset, tmp_path, state, options, checkpoint_step):
-    train_pbnet = load_training_script("train_pbnet")
+def test_training_checkpoints_and_resumes_exactly(tiny_dataset, tmp_path, state, options, checkpoint_step):
     config = dict(TINY_PBNET_CONFIG)
     if state == "blink":
         config.update(state_dim=2, state_min=None, state_max=None)
@@ -207,7 +215,7 @@ def test_script_trains_checkpoints_and_resumes_exactly(tiny_dataset, tmp_path, s
     config_path.write_text(json.dumps(config))
     total = 4 if state == "pose" else 5
 
-    full = train_pbnet.main(_script_args(state, tiny_dataset, tmp_path / "full", config_path, total, *options))
+    full = train_pbnet(_config(state, tiny_dataset, tmp_path / "full", config_path, total, **options))
     assert full.global_step == total and len(full.history) == total
     assert all(np.isfinite(step["loss"]) and step["discriminator"] > 0 for step in full.history)
     checkpoint = tmp_path / "full" / f"checkpoint-{checkpoint_step}"
@@ -221,12 +229,12 @@ def test_script_trains_checkpoints_and_resumes_exactly(tiny_dataset, tmp_path, s
         assert (checkpoint / f"pbnet_{state}_ema").is_dir()
     trained = PBNetModel.from_pretrained(tmp_path / "full" / f"pbnet_{state}")
     assert trained.config.state_dim == (6 if state == "pose" else 2)
-    assert trained.has_latent_prior == ("--fit_latent_prior" in options)
+    assert trained.has_latent_prior == options.get("fit_latent_prior", False)
     assert PatchDiscriminator1D.from_pretrained(tmp_path / "full" / "discriminator").config.state_dim == trained.config.state_dim
 
     shutil.copytree(checkpoint, tmp_path / "resumed" / checkpoint.name)
-    resumed = train_pbnet.main(_script_args(state, tiny_dataset, tmp_path / "resumed", config_path, total, *options,
-                                            "--resume_from_checkpoint", "latest"))
+    resumed = train_pbnet(_config(state, tiny_dataset, tmp_path / "resumed", config_path, total, **options,
+                                  resume_from_checkpoint="latest"))
     assert resumed.first_step == checkpoint_step and len(resumed.history) == total - checkpoint_step
     for uninterrupted, continued in zip(full.history[checkpoint_step:], resumed.history):
         for key in ("loss", "reconstruction", "kl", "discriminator"):
@@ -240,10 +248,9 @@ def test_script_trains_checkpoints_and_resumes_exactly(tiny_dataset, tmp_path, s
 def test_a_run_killed_while_checkpointing_resumes_from_the_last_complete_checkpoint(tiny_dataset, tmp_path, monkeypatch):
     from accelerate import Accelerator
 
-    train_pbnet = load_training_script("train_pbnet")
     config_path = tmp_path / "tiny_pbnet.json"
     config_path.write_text(json.dumps(TINY_PBNET_CONFIG))
-    options = ["--train_batch_size", "1", "--checkpointing_steps", "2", "--checkpoints_total_limit", "1"]
+    options = dict(train_batch_size=1, checkpointing_steps=2, checkpoints_total_limit=1)
     run = tmp_path / "killed"
     save_state = Accelerator.save_state
     saves = []
@@ -258,48 +265,45 @@ def test_a_run_killed_while_checkpointing_resumes_from_the_last_complete_checkpo
 
     monkeypatch.setattr(Accelerator, "save_state", killed_during_the_second_save)
     with pytest.raises(KeyboardInterrupt):
-        train_pbnet.main(_script_args("pose", tiny_dataset, run, config_path, 6, *options))
+        train_pbnet(_config("pose", tiny_dataset, run, config_path, 6, **options))
     monkeypatch.undo()
     # The limit of one checkpoint removed nothing complete before the new one was: step 2 is there, whole.
     assert [path.name for path in sorted(run.glob("checkpoint-*"))] == ["checkpoint-2"]
     assert (run / "checkpoint-2" / "pbnet_pose" / "diffusion_pytorch_model.safetensors").is_file()
 
-    resumed = train_pbnet.main(
-        _script_args("pose", tiny_dataset, run, config_path, 6, *options, "--resume_from_checkpoint", "latest")
+    resumed = train_pbnet(
+        _config("pose", tiny_dataset, run, config_path, 6, **options, resume_from_checkpoint="latest")
     )
     assert resumed.first_step == 2 and resumed.global_step == 6
     assert not list(run.glob("*partial*"))  # the half-written save was cleared, not resumed from
-    uninterrupted = train_pbnet.main(_script_args("pose", tiny_dataset, tmp_path / "full", config_path, 6, *options))
+    uninterrupted = train_pbnet(_config("pose", tiny_dataset, tmp_path / "full", config_path, 6, **options))
     for key, value in PBNetModel.from_pretrained(tmp_path / "full" / "pbnet_pose").state_dict().items():
         torch.testing.assert_close(PBNetModel.from_pretrained(run / "pbnet_pose").state_dict()[key], value)
     assert uninterrupted.global_step == 6
 
 
-def test_script_checks_the_model_against_the_state_and_the_data(tiny_dataset, tmp_path):
-    train_pbnet = load_training_script("train_pbnet")
+def test_training_checks_the_model_against_the_state_and_the_data(tiny_dataset, tmp_path):
     config_path = tmp_path / "wrong.json"
     config_path.write_text(json.dumps(dict(TINY_PBNET_CONFIG, audio_dim=7)))
     with pytest.raises(ValueError, match="32-wide"):
-        train_pbnet.main(_script_args("pose", tiny_dataset, tmp_path / "out", config_path, 1))
+        train_pbnet(_config("pose", tiny_dataset, tmp_path / "out", config_path, 1))
     config_path.write_text(json.dumps(dict(TINY_PBNET_CONFIG, state_dim=2, state_min=None, state_max=None)))
     with pytest.raises(ValueError, match="state_dim 6"):
-        train_pbnet.main(_script_args("pose", tiny_dataset, tmp_path / "out", config_path, 1))
+        train_pbnet(_config("pose", tiny_dataset, tmp_path / "out", config_path, 1))
     with pytest.raises(ValueError, match="at least 24"):
-        train_pbnet.parse_args(_script_args("pose", tiny_dataset, tmp_path / "out", config_path, 1,
-                                            "--window_frames", "10"))
+        _config("pose", tiny_dataset, tmp_path / "out", config_path, 1, window_frames=10)
 
 
 @pytest.mark.slow
-def test_script_pushes_the_trained_model_to_the_hub(tiny_dataset, tmp_path):
+def test_training_pushes_the_trained_model_to_the_hub(tiny_dataset, tmp_path):
     from hub_server import HubServer
 
-    train_pbnet = load_training_script("train_pbnet")
     config_path = tmp_path / "tiny_pbnet.json"
     config_path.write_text(json.dumps(TINY_PBNET_CONFIG))
     output = tmp_path / "pose-run"
     with HubServer() as hub, hub.activate():
-        train_pbnet.main(_script_args("pose", tiny_dataset, output, config_path, 2, "--checkpointing_steps", "1",
-                                      "--push_to_hub", "--hub_model_id", "dawn-tester/pbnet-pose"))
+        train_pbnet(_config("pose", tiny_dataset, output, config_path, 2, checkpointing_steps=1, push_to_hub=True,
+                            hub_model_id="dawn-tester/pbnet-pose"))
         files = hub.files("dawn-tester/pbnet-pose")
         downloaded = PBNetModel.from_pretrained("dawn-tester/pbnet-pose", subfolder="pbnet_pose",
                                                 cache_dir=tmp_path / "cache")

@@ -16,13 +16,12 @@ Determinism. A resumed run continues with exactly the numbers of the uninterrupt
 - the `DataLoader` gets its own generator, so creating an iterator does not consume the global torch RNG.
 """
 
-import argparse
 import logging
 import math
 import os
 import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -33,6 +32,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from ..utils.io import PARTIAL_TAG, atomic_folder, replace_folder
+from .config import TrainingConfig
 
 
 if TYPE_CHECKING:  # imported where used: diffusers' training utilities are only needed with EMA
@@ -44,78 +44,26 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_PREFIX = "checkpoint-"
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------------------------------------------
-def add_common_training_args(parser: argparse.ArgumentParser, **defaults) -> argparse.ArgumentParser:
-    """
-    Adds the flags every DAWN training script shares; keyword arguments override their defaults (e.g.
-    `learning_rate=4e-4, train_batch_size=82`).
-    """
-    group = parser.add_argument_group("training (shared by all DAWN scripts)")
-    group.add_argument("--output_dir", required=True, help="Where checkpoints, logs and the final model go.")
-    group.add_argument("--seed", type=int, default=1234, help="Seed of models, data order and augmentation.")
-    group.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
-                       help="Defaults to the `accelerate config` value.")
-    group.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    group.add_argument("--gradient_checkpointing", action="store_true", help="Trade compute for activation memory.")
-    group.add_argument("--use_ema", action="store_true", help="Keep an exponential moving average of the weights.")
-    group.add_argument("--ema_decay", type=float, default=0.9999)
-    group.add_argument("--checkpointing_steps", type=int, default=500, help="Save the training state every N steps.")
-    group.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep only the last N checkpoints.")
-    group.add_argument("--resume_from_checkpoint", default=None, help='A checkpoint folder, or "latest".')
-    group.add_argument("--validation_steps", type=int, default=None, help="Run validation every N steps.")
-    group.add_argument("--max_train_steps", type=int, default=None, help="Optimiser steps (overrides epochs).")
-    group.add_argument("--num_train_epochs", type=int, default=1)
-    group.add_argument("--learning_rate", type=float, default=1e-4)
-    group.add_argument("--lr_scheduler", default="cosine", help="A diffusers `get_scheduler` name.")
-    group.add_argument("--lr_warmup_steps", type=int, default=0)
-    group.add_argument("--lr_schedule_steps", type=int, default=None,
-                       help="Length of the LR schedule (default: the run's); longer stops the run part-way along it.")
-    group.add_argument("--train_batch_size", type=int, default=1, help="Batch size per device.")
-    group.add_argument("--dataloader_num_workers", type=int, default=0)
-    group.add_argument("--report_to", default="tensorboard", help='"tensorboard", "wandb", "all" or "none".')
-    group.add_argument("--logging_dir", default="logs", help="Relative to --output_dir.")
-    group.add_argument("--push_to_hub", action="store_true", help="Upload the final model to the Hub.")
-    group.add_argument("--hub_model_id", default=None, help="Repository id (default: the output folder's name).")
-    group.add_argument("--hub_token", default=None)
-    parser.set_defaults(**defaults)
-    return parser
-
-
-def check_common_args(args: argparse.Namespace) -> None:
-    """Rejects inconsistent shared flags with a message that says what to do."""
-    for name in ("gradient_accumulation_steps", "checkpointing_steps", "train_batch_size"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    if args.max_train_steps is not None and args.max_train_steps < 1:
-        raise ValueError(f"--max_train_steps must be at least 1, got {args.max_train_steps}")
-    if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
-        raise ValueError("--checkpoints_total_limit must be at least 1 (or left out to keep every checkpoint)")
-    if args.push_to_hub and args.hub_token is not None and os.environ.get("HF_HUB_DISABLE_TOKEN_WARNING") is None:
-        logger.warning("--hub_token puts the token in the shell history; `hf auth login` stores it more safely.")
-
-
-def create_accelerator(args: argparse.Namespace) -> Accelerator:
-    """An `Accelerator` configured from the shared flags (precision, accumulation, logging); seeds everything."""
-    report_to = None if args.report_to in (None, "none") else args.report_to
+def create_accelerator(config: TrainingConfig) -> Accelerator:
+    """An `Accelerator` configured from the shared settings (precision, accumulation, logging); seeds everything."""
+    report_to = None if config.report_to in (None, "none") else config.report_to
     if report_to in ("tensorboard", "all"):
         import importlib.util
 
         if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
             raise ImportError("--report_to tensorboard needs `pip install tensorboard` (or pass --report_to none)")
     project_config = ProjectConfiguration(
-        project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, args.logging_dir)
+        project_dir=config.output_dir, logging_dir=os.path.join(config.output_dir, config.logging_dir)
     )
     accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        mixed_precision=config.mixed_precision,
         log_with=report_to,
         project_config=project_config,
     )
     if accelerator.is_main_process:
-        os.makedirs(args.output_dir, exist_ok=True)
-    set_seed(args.seed)
+        os.makedirs(config.output_dir, exist_ok=True)
+    set_seed(config.seed)
     return accelerator
 
 
@@ -154,9 +102,21 @@ class EpochSampler(torch.utils.data.Sampler):
             yield int(index), sample_seed(self.seed, self.epoch, position)
 
 
-def build_dataloader(dataset, sampler: EpochSampler, batch_size: int, collate_fn=None, num_workers: int = 0,
+def build_dataloader(dataset, sampler, batch_size: Optional[int], collate_fn=None, num_workers: int = 0,
                      drop_last: bool = True) -> torch.utils.data.DataLoader:
-    """A `DataLoader` over `(index, seed)` keys whose iterators never touch the global torch RNG."""
+    """
+    A `DataLoader` over the keys of `sampler`: an [`EpochSampler`] batched by `batch_size`, or, with `batch_size=None`,
+    a batch sampler (e.g. `A2VBatchSampler`) whose batches are used as they are. Its iterators never touch the global
+    torch RNG.
+    """
+    if batch_size is None:
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=collate_fn,
+            num_workers=num_workers,
+            generator=torch.Generator().manual_seed(sampler.seed),
+        )
     return torch.utils.data.DataLoader(
         dataset,
         sampler=sampler,
@@ -168,13 +128,13 @@ def build_dataloader(dataset, sampler: EpochSampler, batch_size: int, collate_fn
     )
 
 
-def total_train_steps(args: argparse.Namespace, dataloader) -> int:
+def total_train_steps(config: TrainingConfig, dataloader) -> int:
     """`--max_train_steps`, or `--num_train_epochs` × optimiser steps per epoch."""
-    updates_per_epoch = math.ceil(len(dataloader) / args.gradient_accumulation_steps)
-    return args.max_train_steps or args.num_train_epochs * updates_per_epoch
+    updates_per_epoch = math.ceil(len(dataloader) / config.gradient_accumulation_steps)
+    return config.max_train_steps or config.num_train_epochs * updates_per_epoch
 
 
-def create_lr_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer, num_training_steps: int,
+def create_lr_scheduler(config: TrainingConfig, optimizer: torch.optim.Optimizer, num_training_steps: int,
                         num_processes: int = 1, min_learning_rate: float = 0.0):
     """
     The LR schedule of `--lr_scheduler`: `"cosine"` anneals from `--learning_rate` to `min_learning_rate` over the
@@ -183,12 +143,12 @@ def create_lr_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimiz
     process, hence the factor `num_processes`. `--lr_schedule_steps` sets the schedule's length apart from the run's,
     so that a run stopped early (a model picked at an intermediate checkpoint) is reproduced by a run of that length.
     """
-    total = (getattr(args, "lr_schedule_steps", None) or num_training_steps) * num_processes
-    if args.lr_scheduler == "cosine":
+    total = (config.lr_schedule_steps or num_training_steps) * num_processes
+    if config.lr_scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total, 1), eta_min=min_learning_rate)
     from diffusers.optimization import get_scheduler
 
-    return get_scheduler(args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps * num_processes,
+    return get_scheduler(config.lr_scheduler, optimizer=optimizer, num_warmup_steps=config.lr_warmup_steps * num_processes,
                          num_training_steps=total)
 
 
@@ -338,16 +298,25 @@ class StepInfo:
 
 @dataclass
 class TrainingResult:
-    """What [`run_training`] did: the last step and the logged values of each optimiser step of this run."""
+    """
+    What a training did (every DAWN training returns one): the last step, the step it started from (a resumed run
+    starts at its checkpoint), the folder of its outputs and the logged values of each optimiser step of this run.
+    """
 
     global_step: int
     first_step: int
+    output_dir: Optional[str] = None
     history: List[Dict[str, float]] = field(default_factory=list)
+
+    @property
+    def losses(self) -> List[float]:
+        """The loss of every optimiser step run here."""
+        return [step["loss"] for step in self.history]
 
 
 def run_training(
     accelerator: Accelerator,
-    args: argparse.Namespace,
+    config: TrainingConfig,
     dataloader: torch.utils.data.DataLoader,
     sampler,
     training_step: Callable[[Dict, StepInfo], Dict[str, float]],
@@ -374,12 +343,12 @@ def run_training(
     Returns:
         [`TrainingResult`] with the step reached and the logged values of each optimiser step run here.
     """
-    updates_per_epoch = math.ceil(len(dataloader) / args.gradient_accumulation_steps)
-    max_train_steps = total_train_steps(args, dataloader)
+    updates_per_epoch = math.ceil(len(dataloader) / config.gradient_accumulation_steps)
+    max_train_steps = total_train_steps(config, dataloader)
     global_step = 0
-    checkpoint = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
-    if args.resume_from_checkpoint is not None and checkpoint is None:
-        logger.info(f"No checkpoint in {args.output_dir} to resume from; starting a new run.")
+    checkpoint = resolve_checkpoint(config.output_dir, config.resume_from_checkpoint)
+    if config.resume_from_checkpoint is not None and checkpoint is None:
+        logger.info(f"No checkpoint in {config.output_dir} to resume from; starting a new run.")
     if checkpoint is not None:
         logger.info(f"Resuming from {checkpoint}")
         accelerator.load_state(str(checkpoint))
@@ -387,15 +356,16 @@ def run_training(
     first_step = global_step
 
     if accelerator.is_main_process and accelerator.log_with:
-        tracker_config = {key: value for key, value in vars(args).items() if isinstance(value, (int, float, str, bool))}
-        accelerator.init_trackers(Path(args.output_dir).name or "dawn", config=tracker_config)
+        values = {item.name: getattr(config, item.name) for item in fields(config)}
+        tracker_config = {key: value for key, value in values.items() if isinstance(value, (int, float, str, bool))}
+        accelerator.init_trackers(Path(config.output_dir).name or "dawn", config=tracker_config)
 
     progress = tqdm(range(max_train_steps), initial=global_step, desc="Steps",
                     disable=not accelerator.is_local_main_process)
-    result = TrainingResult(global_step=global_step, first_step=first_step)
+    result = TrainingResult(global_step=global_step, first_step=first_step, output_dir=config.output_dir)
     # Position in the data: whole epochs done, and micro-batches of the current epoch already consumed.
     epoch = global_step // updates_per_epoch
-    batches_to_skip = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
+    batches_to_skip = (global_step % updates_per_epoch) * config.gradient_accumulation_steps
     while global_step < max_train_steps:
         batches = dataloader
         if batches_to_skip:
@@ -422,9 +392,9 @@ def run_training(
             progress.update(1)
             progress.set_postfix(**{key: f"{value:.4g}" for key, value in logs.items() if key == "loss"})
             accelerator.log(logs, step=global_step)
-            if global_step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
-            if validation is not None and args.validation_steps and global_step % args.validation_steps == 0:
+            if global_step % config.checkpointing_steps == 0:
+                save_checkpoint(accelerator, config.output_dir, global_step, config.checkpoints_total_limit)
+            if validation is not None and config.validation_steps and global_step % config.validation_steps == 0:
                 if accelerator.is_main_process:
                     validation(global_step)
             if global_step >= max_train_steps:
@@ -435,8 +405,8 @@ def run_training(
             epoch += 1
     progress.close()
     accelerator.wait_for_everyone()
-    if validation is not None and accelerator.is_main_process and args.validation_steps:
-        if not result.history or global_step % args.validation_steps:
+    if validation is not None and accelerator.is_main_process and config.validation_steps:
+        if not result.history or global_step % config.validation_steps:
             validation(global_step)
     result.global_step = global_step
     return result
@@ -475,7 +445,7 @@ def save_final_model(accelerator: Accelerator, model: torch.nn.Module, output_di
 # Hub
 # ----------------------------------------------------------------------------------------------------------------
 def push_to_hub(
-    args: argparse.Namespace,
+    config: TrainingConfig,
     title: str,
     description: str,
     tags: Sequence[str] = (),
@@ -489,9 +459,9 @@ def push_to_hub(
     """
     from huggingface_hub import ModelCard, ModelCardData, create_repo, upload_folder
 
-    folder = str(folder or args.output_dir)
-    repo_id = args.hub_model_id or Path(args.output_dir).name
-    repo_id = create_repo(repo_id, exist_ok=True, token=args.hub_token).repo_id
+    folder = str(folder or config.output_dir)
+    repo_id = config.hub_model_id or Path(config.output_dir).name
+    repo_id = create_repo(repo_id, exist_ok=True, token=config.hub_token).repo_id
     card_data = ModelCardData(library_name="diffusers", tags=["dawn", "talking-head", "diffusers-dawn", *tags])
     card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n# {title}\n\n{description}\n")
     card.save(os.path.join(folder, "README.md"))
@@ -499,9 +469,9 @@ def push_to_hub(
         repo_id=repo_id,
         folder_path=folder,
         commit_message="End of training",
-        ignore_patterns=None if allow_patterns else [f"{CHECKPOINT_PREFIX}*", f"{args.logging_dir}/*", "*.partial"],
+        ignore_patterns=None if allow_patterns else [f"{CHECKPOINT_PREFIX}*", f"{config.logging_dir}/*", "*.partial"],
         allow_patterns=[*allow_patterns, "README.md"] if allow_patterns else None,
-        token=args.hub_token,
+        token=config.hub_token,
     )
     logger.info(f"Pushed {folder} to {repo_id}")
     return repo_id
