@@ -5,7 +5,7 @@ side in one process, on random weights and random inputs of the recipe's shapes.
     python benchmarks/training_throughput.py --model a2v --threads 1
     python benchmarks/training_throughput.py --model pbnet --json
 
-`--model a2v`: the recipe's A2V-FDM U-Net (`a2v_unet` of `training/recipes/synthetic_demo.py` with the LFG of
+`--model a2v`: the recipe's A2V-FDM U-Net (`a2v_unet` of `diffusers_dawn.training.synthetic_demo` with the LFG of
 `synthetic_demo.json`; 64 px, latent 16×16, batch 4 × 20 frames), two measurements:
   - `unet_step`: noise, U-Net forward, DAWN loss, backward and Adam step on a fixed motion target; reference =
     `unet.set_fused_kernels(False)` (the official formulation and `LocalAttnProcessor`), optimised = the default
@@ -25,7 +25,6 @@ are optimised / reference.
 """
 
 import argparse
-import importlib.util
 import json
 import statistics
 import sys
@@ -42,22 +41,22 @@ RECIPES = REPOSITORY / "training" / "recipes"
 
 
 def load_recipe():
-    spec = importlib.util.spec_from_file_location("synthetic_demo_recipe", RECIPES / "synthetic_demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The synthetic-demo recipe's model builders (the package's) and its settings (the repository's JSON)."""
+    from diffusers_dawn.training import synthetic_demo
+
+    return synthetic_demo
 
 
 def recipe_lfg():
     torch.manual_seed(0)
     recipe = load_recipe()
-    return recipe.recipe_lfg(recipe.load_settings()).eval().requires_grad_(False)
+    return recipe.recipe_lfg(recipe.load_settings(RECIPES / "synthetic_demo.json")).eval().requires_grad_(False)
 
 
 def recipe_condition_dim() -> int:
     """Speech features + Δpose (6) + Δblink (2), as the recipe's U-Net is built."""
     recipe = load_recipe()
-    return recipe.load_settings()["audio_encoder"]["hidden_size"] + POSE_DIM + BLINK_DIM
+    return recipe.load_settings(RECIPES / "synthetic_demo.json")["audio_encoder"]["hidden_size"] + POSE_DIM + BLINK_DIM
 
 
 def a2v_batch(lfg, batch=4, frames=20, resolution=64, seed=0):
@@ -97,7 +96,7 @@ def a2v_steps(args):
 
     def trainer(fused: bool, compiled: bool = False):
         nonlocal compile_note
-        settings = recipe.load_settings()
+        settings = recipe.load_settings(RECIPES / "synthetic_demo.json")
         unet = recipe.a2v_unet(lfg, settings["audio_encoder"]["hidden_size"], settings).train()
         unet.set_fused_kernels(fused)
         model = unet
@@ -150,7 +149,7 @@ def pbnet_steps(args):
     from diffusers_dawn.training.pbnet_trainer import PatchDiscriminator1D, pbnet_loss
 
     recipe = load_recipe()
-    settings = recipe.load_settings()
+    settings = recipe.load_settings(RECIPES / "synthetic_demo.json")
     config = dict(settings["pbnet_config"]["pose"], audio_dim=settings["audio_encoder"]["hidden_size"])
     batch, frames = 8, 100
     generator = torch.Generator().manual_seed(0)

@@ -13,17 +13,17 @@ from diffusers_dawn.models.attention_processor import (
     LocalAttnProcessor,
 )
 from diffusers_dawn.models.embeddings import RelativePositionBias, RotaryEmbedding
+from diffusers_dawn.training import synthetic_demo
 from diffusers_dawn.training.a2v_trainer import MotionTargetCache, compute_motion_target
 
 from _a2v_utils import tiny_lfg, tiny_unet
-from _training_utils import load_repository_script
+from _training_utils import REPO_ROOT
 
 
 def recipe_unet():
-    recipe = load_repository_script("training/recipes/synthetic_demo.py")
-    settings = recipe.load_settings()
-    lfg = recipe.recipe_lfg(settings)
-    return recipe.a2v_unet(lfg, settings["audio_encoder"]["hidden_size"], settings).train()
+    settings = synthetic_demo.load_settings(REPO_ROOT / "training" / "recipes" / "synthetic_demo.json")
+    lfg = synthetic_demo.recipe_lfg(settings)
+    return synthetic_demo.a2v_unet(lfg, settings["audio_encoder"]["hidden_size"], settings).train()
 
 
 def random_inputs(unet, batch, frames, size=16, seed=0):

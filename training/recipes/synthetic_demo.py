@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """
 Train the small DAWN shipped as the `synthetic-demo` model (LFG, pose and blink PBNets, A2V-FDM stages 1 and 2) on
-procedural talking faces, end to end with the package's own training scripts, and assemble it into a pipeline folder.
+procedural talking faces, end to end with the package's own training functions, and assemble it into a pipeline folder.
 
     python training/recipes/synthetic_demo.py --output_dir runs/synthetic-demo
     python benchmarks/lfg_reconstruction.py --model runs/synthetic-demo/pipeline --json
@@ -18,62 +18,34 @@ Stages: `data` (synthetic videos, the audio encoder, `training/preprocess.py`), 
 """
 
 import argparse
-import importlib.util
 import json
+import logging
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from diffusers_dawn import DAWNDDIMScheduler, DAWNPipeline, LFGAutoencoder, PBNetModel, UNet3DFlowModel
-from diffusers_dawn.models.unet_3d_flow import BLINK_DIM, POSE_DIM
+from diffusers_dawn import DAWNPipeline, PBNetModel, UNet3DFlowModel
 from diffusers_dawn.testing.synthetic import write_synthetic_dataset
 from diffusers_dawn.testing.tiny_hubert import build_tiny_hubert
-from diffusers_dawn.training.dataset import load_dawn_dataset
+from diffusers_dawn.training.config import SHARED_GROUP
+from diffusers_dawn.training.dataset import PreprocessingSettings, load_dawn_dataset, preprocess_videos
+from diffusers_dawn.training.run_a2v import A2VTrainingConfig, train_a2v
+from diffusers_dawn.training.run_lfg import LFGTrainingConfig, train_lfg
+from diffusers_dawn.training.run_pbnet import PBNetTrainingConfig, train_pbnet
+from diffusers_dawn.training.synthetic_demo import a2v_unet, diffusion_lfg, load_settings, recipe_scheduler
+from diffusers_dawn.utils.config_cli import parse_config
 
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_RECIPE = HERE / "synthetic_demo.json"
 STAGES = ("data", "lfg", "pose", "blink", "a2v-stage1", "a2v-stage2", "pipeline")
-# Condition entries beside the speech features: Δpose (6) and Δblink (2).
 
 
-def training_script(name: str):
-    """One of the training scripts beside this folder, as a module (each stage calls its `main`)."""
-    spec = importlib.util.spec_from_file_location(f"dawn_recipe_{name}", HERE.parent / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def load_settings(path=DEFAULT_RECIPE) -> dict:
-    """The recipe's settings (JSON)."""
-    return json.loads(Path(path).read_text())
-
-
-def recipe_lfg(settings: dict) -> LFGAutoencoder:
-    """A new (untrained) LFG of the recipe's architecture."""
-    return LFGAutoencoder(**settings["lfg_config"])
-
-
-def a2v_unet(lfg: LFGAutoencoder, audio_dim: int, settings: dict) -> UNet3DFlowModel:
-    """The small A2V-FDM U-Net of the recipe (its source-latent width is the LFG bottleneck's)."""
-    torch.manual_seed(settings["seed"])
-    return UNet3DFlowModel(
-        source_latent_channels=lfg.latent_channels, cond_dim=audio_dim + POSE_DIM + BLINK_DIM, **settings["unet"]
-    )
-
-
-def diffusion_lfg(out: Path, settings: dict) -> LFGAutoencoder:
-    """The trained LFG with the recipe's motion-latent presentation (what the A2V-FDM generates and the pipeline decodes)."""
-    return LFGAutoencoder.from_pretrained(out / "lfg" / "lfg", **settings.get("motion_latent", {}))
-
-
-def recipe_scheduler(settings: dict) -> DAWNDDIMScheduler:
-    """DAWN's sampler with the recipe's overrides (no x0 thresholding for a scaled relative motion latent)."""
-    return DAWNDDIMScheduler(**settings.get("scheduler", {}))
+def training_config(config_class, arguments):
+    """A stage's training config from its command-line arguments (as `training/train_*.py` would read them)."""
+    return parse_config(config_class, arguments, last_group=SHARED_GROUP)
 
 
 def stage_done(folder: Path, model_folder: str) -> bool:
@@ -96,41 +68,39 @@ def run_data(out: Path, settings: dict) -> None:
     extractor.save_pretrained(out / "audio_encoder")
     write_synthetic_dataset(out / "videos", num_videos=settings["videos"], num_frames=settings["frames"],
                             resolution=settings["resolution"], seed=0)
-    training_script("preprocess").main([
-        "--input_dir", str(out / "videos"), "--output_dir", str(out / "data"),
-        "--resolution", str(settings["resolution"]), "--hubert", str(out / "audio_encoder"),
-        "--landmarks", "sidecar", "--no_crop",
-    ])  # fmt: skip
+    preprocessing = PreprocessingSettings(resolution=settings["resolution"], hubert=str(out / "audio_encoder"),
+                                          landmarks="sidecar", crop_scale=None)
+    preprocess_videos(str(out / "videos"), str(out / "data"), preprocessing)
 
 
 def run_lfg(out: Path, dataset: str, settings: dict) -> None:
     (out / "lfg.json").write_text(json.dumps(settings["lfg_config"]))
     lfg = settings["lfg"]
-    training_script("train_lfg").main([
+    train_lfg(training_config(LFGTrainingConfig, [
         "--dataset_name_or_path", dataset, "--output_dir", str(out / "lfg"), "--lfg_config", str(out / "lfg.json"),
         "--train_batch_size", str(lfg["batch_size"]),
         "--learning_rate", str(lfg["learning_rate"]), "--pixel_loss_weight", str(lfg["pixel_loss_weight"]),
         "--lip_loss_weight", str(lfg["lip_loss_weight"]),
         "--perceptual_scales", *[str(scale) for scale in lfg["perceptual_scales"]], *common_arguments(settings, lfg),
-    ])  # fmt: skip
+    ]))  # fmt: skip
 
 
 def run_pbnet(out: Path, dataset: str, state: str, settings: dict, audio_dim: int) -> None:
     config = dict(settings["pbnet_config"][state], audio_dim=audio_dim)
     (out / f"pbnet_{state}.json").write_text(json.dumps(config))
     pbnet = settings["pbnet"]
-    training_script("train_pbnet").main([
+    train_pbnet(training_config(PBNetTrainingConfig, [
         "--state", state, "--dataset_name_or_path", dataset, "--output_dir", str(out / state),
         "--pbnet_config", str(out / f"pbnet_{state}.json"), "--train_batch_size", str(pbnet["batch_size"]),
         "--window_frames", str(settings["frames"]), *pbnet["arguments"], *common_arguments(settings, pbnet),
-    ])  # fmt: skip
+    ]))  # fmt: skip
 
 
 def run_a2v(out: Path, dataset: str, stage: int, settings: dict, audio_dim: int) -> None:
     # A base folder with the frozen LFG, the scheduler and the U-Net architecture, then the stage's training.
     base = out / "a2v-base"
     if not stage_done(base, "unet"):
-        lfg = diffusion_lfg(out, settings)
+        lfg = diffusion_lfg(out / "lfg" / "lfg", settings)
         lfg.save_pretrained(base / "lfg")
         recipe_scheduler(settings).save_pretrained(base / "scheduler")
         a2v_unet(lfg, audio_dim, settings).save_pretrained(base / "unet")
@@ -144,7 +114,7 @@ def run_a2v(out: Path, dataset: str, stage: int, settings: dict, audio_dim: int)
     ]  # fmt: skip
     if stage == 2:
         arguments += ["--init_from", str(out / "a2v-stage1")]
-    training_script("train_a2v").main(arguments)
+    train_a2v(training_config(A2VTrainingConfig, arguments))
 
 
 def face_crop_scale(dataset) -> float:
@@ -159,7 +129,7 @@ def assemble(out: Path, dataset, settings: dict) -> Path:
 
     final_stage = out / ("a2v-stage2" if settings["a2v_stage2"]["steps"] > 0 else "a2v-stage1")
     pipeline = DAWNPipeline(
-        lfg=diffusion_lfg(out, settings),
+        lfg=diffusion_lfg(out / "lfg" / "lfg", settings),
         unet=UNet3DFlowModel.from_pretrained(final_stage / "unet"),
         scheduler=recipe_scheduler(settings),
         pbnet_pose=PBNetModel.from_pretrained(out / "pose" / "pbnet_pose"),
@@ -193,6 +163,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 is fastest on 2 busy cores)")
     parser.add_argument("--smoke", action="store_true", help="two steps per stage on two short videos")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = load_settings(args.recipe)
     if args.smoke:
         settings = smoke_settings(settings)
