@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from diffusers_dawn.processing.audio import compute_hubert_features
-from diffusers_dawn.testing.synthetic import SAMPLES_PER_FRAME, sample_face_motion, speech_envelope, synthesize_speech
+from diffusers_dawn.testing.measures import ridge_probe, speech_and_mouth, with_context
 from diffusers_dawn.testing.tiny_hubert import build_tiny_hubert
 
 
@@ -29,32 +29,6 @@ CANDIDATES = {
     "group-norm, 2 layers": dict(feat_extract_norm="group", num_hidden_layers=2),
     "group-norm, 0 layers": dict(feat_extract_norm="group", num_hidden_layers=0),
 }
-
-
-def speech_and_mouth(seed: int, num_frames: int):
-    """A clip's audio and ground-truth mouth opening, drawn as `generate_synthetic_clip` draws them (no rendering)."""
-    audio_rng, motion_rng = np.random.default_rng([seed, 0]), np.random.default_rng([seed, 1])
-    audio = synthesize_speech(audio_rng, num_frames * SAMPLES_PER_FRAME)
-    envelope = speech_envelope(audio, num_frames)
-    return audio, envelope, sample_face_motion(motion_rng, envelope)["mouth_opening"]
-
-
-def with_context(features: np.ndarray, context: int) -> np.ndarray:
-    """(F, D) → (F, (2 · context + 1) · D): each frame with its neighbours (edges repeated)."""
-    padded = np.pad(features, ((context, context), (0, 0)), mode="edge")
-    return np.concatenate([padded[offset : offset + len(features)] for offset in range(2 * context + 1)], axis=1)
-
-
-def ridge_probe(train_x, train_y, test_x, test_y, alpha: float) -> float:
-    """Held-out Pearson r of a ridge regression (features standardised on the training set)."""
-    mean, std = train_x.mean(0), train_x.std(0) + 1e-8
-    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
-    train_x = np.concatenate([train_x, np.ones((len(train_x), 1))], axis=1)
-    test_x = np.concatenate([test_x, np.ones((len(test_x), 1))], axis=1)
-    regulariser = alpha * np.eye(train_x.shape[1])
-    regulariser[-1, -1] = 0.0
-    weights = np.linalg.solve(train_x.T @ train_x + regulariser, train_x.T @ train_y)
-    return float(np.corrcoef(test_x @ weights, test_y)[0, 1])
 
 
 def main(argv=None) -> int:

@@ -22,9 +22,8 @@ import torch
 
 from diffusers_dawn import LFGAutoencoder
 from diffusers_dawn.processing.face import FaceAnalyzer
+from diffusers_dawn.testing.measures import HELD_OUT_FIRST_SEED, measure, pooled_mouth_correlation, print_report
 from diffusers_dawn.testing.synthetic import generate_synthetic_clip
-
-from synthetic_lipsync import HELD_OUT_FIRST_SEED, measure, pooled_mouth_correlation, print_report
 
 
 def load_lfg(path: str) -> LFGAutoencoder:

@@ -21,9 +21,8 @@ import torch
 from diffusers_dawn import DAWNPipeline
 from diffusers_dawn.processing.audio import compute_hubert_features
 from diffusers_dawn.processing.face import measure_face
+from diffusers_dawn.testing.measures import HELD_OUT_FIRST_SEED, blinks_per_minute, print_report
 from diffusers_dawn.testing.synthetic import generate_synthetic_clip
-
-from synthetic_lipsync import HELD_OUT_FIRST_SEED, blinks_per_minute, print_report
 
 
 def main(argv=None) -> int:

@@ -23,7 +23,6 @@ own mouth-opening parameter, and the blink count equals the rendered blinks on t
 """
 
 import argparse
-import json
 import sys
 import time
 import warnings
@@ -32,61 +31,15 @@ import numpy as np
 import torch
 
 from diffusers_dawn.cli import RANDOM_DEMO_MODEL, load_pipeline, resolve_model
-from diffusers_dawn.processing.face import FaceAnalyzer, NoFaceError
+from diffusers_dawn.processing.face import FaceAnalyzer
+from diffusers_dawn.testing.measures import (
+    HELD_OUT_FIRST_SEED,
+    blinks_per_minute,
+    measure,
+    pooled_mouth_correlation,
+    print_report,
+)
 from diffusers_dawn.testing.synthetic import generate_synthetic_clip
-
-
-HELD_OUT_FIRST_SEED = 100000
-"""First seed of the held-out clips, far from the seeds a training set written with `write_synthetic_dataset` uses."""
-
-
-def pooled_mouth_correlation(truth_rows, produced_rows):
-    """
-    Pearson r of the mouth series (column 0 of `measure`'s rows), each clip centred first (mouth movement, not each
-    clip's resting opening), all clips pooled over the frames measurable in both; 0 with fewer than 3 such frames
-    (no measurable face shows no lip sync). Returns (r, number of frames used).
-    """
-    truth, produced = [], []
-    for clip_truth, clip_produced in zip(truth_rows, produced_rows):
-        truth.append(clip_truth[:, 0] - np.nanmean(clip_truth[:, 0]))
-        produced.append(clip_produced[:, 0] - np.nanmean(clip_produced[:, 0]))
-    truth, produced = np.concatenate(truth), np.concatenate(produced)
-    both = ~np.isnan(truth) & ~np.isnan(produced)
-    correlation = float(np.corrcoef(truth[both], produced[both])[0, 1]) if both.sum() > 2 else 0.0
-    return correlation, int(both.sum())
-
-
-def print_report(report: dict, as_json: bool) -> None:
-    """One JSON line, or one `key: value` line per entry."""
-    if as_json:
-        print(json.dumps(report))
-    else:
-        for key, value in report.items():
-            print(f"{key}: {value}")
-
-
-def measure(analyzer: FaceAnalyzer, frames: np.ndarray):
-    """Per-frame (mouth opening, eye ratio, yaw/pitch/roll); NaN rows where no face is found."""
-    rows = []
-    for frame in frames:
-        try:
-            face = analyzer.analyze(frame)
-        except NoFaceError:
-            rows.append([np.nan] * 5)
-            continue
-        face_height = face.face_box[3] - face.face_box[2]
-        mouth = np.linalg.norm(face.landmarks[66, :2] - face.landmarks[62, :2]) / max(face_height, 1e-6)
-        rows.append([mouth, float(np.mean(face.eye_ratios)), *face.pose[:3]])
-    return np.asarray(rows, dtype=np.float64)
-
-
-def blinks_per_minute(eye_ratio: np.ndarray, fps: float) -> float:
-    valid = eye_ratio[~np.isnan(eye_ratio)]
-    if len(valid) == 0:
-        return float("nan")
-    closed = eye_ratio < 0.75 * np.median(valid)
-    onsets = int(np.sum(closed[1:] & ~closed[:-1]) + closed[0])
-    return onsets / (len(eye_ratio) / fps / 60.0)
 
 
 def main(argv=None) -> int:

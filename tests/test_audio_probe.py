@@ -4,13 +4,11 @@ import numpy as np
 import torch
 
 from diffusers_dawn.processing.audio import compute_hubert_features
+from diffusers_dawn.testing import measures as probe
 from diffusers_dawn.testing.tiny_hubert import build_tiny_hubert
-
-from _training_utils import load_repository_script
 
 
 def test_ridge_probe_recovers_a_linear_relation_held_out():
-    probe = load_repository_script("benchmarks/audio_probe.py")
     rng = np.random.default_rng(0)
     weights = rng.standard_normal(5)
     train_x, test_x = rng.standard_normal((200, 5)), rng.standard_normal((50, 5))
@@ -20,7 +18,6 @@ def test_ridge_probe_recovers_a_linear_relation_held_out():
 
 
 def test_context_stacks_neighbouring_frames_with_repeated_edges():
-    probe = load_repository_script("benchmarks/audio_probe.py")
     features = np.arange(4, dtype=float)[:, None]
     stacked = probe.with_context(features, 1)
     np.testing.assert_array_equal(stacked, [[0, 0, 1], [0, 1, 2], [1, 2, 3], [2, 3, 3]])

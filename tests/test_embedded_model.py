@@ -10,9 +10,8 @@ import torch
 from diffusers_dawn import DAWNPipeline
 from diffusers_dawn.embedded import EMBEDDED_MODELS, embedded_demo_inputs, embedded_model_path
 from diffusers_dawn.processing.face import FaceAnalyzer
+from diffusers_dawn.testing import measures
 from diffusers_dawn.testing.synthetic import generate_synthetic_clip
-
-from _training_utils import load_repository_script
 
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -58,11 +57,10 @@ def test_demo_model_is_what_the_shipped_recipe_builds(pipe):
 
 def test_demo_model_moves_the_lips_of_a_held_out_face_with_its_speech(pipe):
     """A clip far from the training seeds: MediaPipe finds the face in every frame and the mouth follows the speech."""
-    benchmark = load_repository_script("benchmarks/synthetic_lipsync.py")
     analyzer = FaceAnalyzer(backend="mediapipe")
-    clip = generate_synthetic_clip(benchmark.HELD_OUT_FIRST_SEED, num_frames=100, resolution=pipe.config.resolution)
-    other = generate_synthetic_clip(benchmark.HELD_OUT_FIRST_SEED + 1, num_frames=100, resolution=pipe.config.resolution)
-    truth = benchmark.measure(analyzer, clip.frames)
+    clip = generate_synthetic_clip(measures.HELD_OUT_FIRST_SEED, num_frames=100, resolution=pipe.config.resolution)
+    other = generate_synthetic_clip(measures.HELD_OUT_FIRST_SEED + 1, num_frames=100, resolution=pipe.config.resolution)
+    truth = measures.measure(analyzer, clip.frames)
 
     def mouth_correlation(speech):
         result = pipe(
@@ -72,9 +70,9 @@ def test_demo_model_moves_the_lips_of_a_held_out_face_with_its_speech(pipe):
             sampling_rate=clip.sampling_rate,
             generator=torch.Generator().manual_seed(0),
         )
-        generated = benchmark.measure(analyzer, (result.frames[0] * 255).round().astype(np.uint8))
+        generated = measures.measure(analyzer, (result.frames[0] * 255).round().astype(np.uint8))
         assert not np.isnan(generated[:, 0]).any()  # the face is found in every frame
-        return benchmark.pooled_mouth_correlation([truth], [generated])[0]
+        return measures.pooled_mouth_correlation([truth], [generated])[0]
 
     assert mouth_correlation(clip.audio) > MOUTH_CORRELATION_FLOOR
     # With another clip's speech the lips no longer follow this clip's truth: they follow the speech, not the face.

@@ -1,49 +1,46 @@
-"""The lip-sync benchmark's measurements, checked on ground-truth frames whose mouth opening and blinks are known."""
+"""
+The lip-sync benchmark's measurements (`diffusers_dawn.testing.measures`), checked on ground-truth frames whose mouth
+opening and blinks are known.
+"""
 
 import numpy as np
 import pytest
 
 from diffusers_dawn.processing.face import FaceAnalyzer
+from diffusers_dawn.testing import measures
 from diffusers_dawn.testing.synthetic import generate_synthetic_clip
 
-from _training_utils import load_repository_script
 
-
-@pytest.fixture(scope="module")
-def benchmark():
-    return load_repository_script("benchmarks/synthetic_lipsync.py")
-
-
-def test_measures_recover_the_rendered_mouth_and_blinks(benchmark):
+def test_measures_recover_the_rendered_mouth_and_blinks():
     analyzer = FaceAnalyzer(backend="mediapipe")
     clip = generate_synthetic_clip(100001, num_frames=100, resolution=128)
-    rows = benchmark.measure(analyzer, clip.frames)
+    rows = measures.measure(analyzer, clip.frames)
     assert not np.isnan(rows).any()
     assert np.corrcoef(rows[:, 0], clip.mouth_opening)[0, 1] > 0.9
-    per_minute = benchmark.blinks_per_minute(rows[:, 1], clip.fps)
+    per_minute = measures.blinks_per_minute(rows[:, 1], clip.fps)
     assert per_minute * (len(clip.frames) / clip.fps / 60) == pytest.approx(len(clip.blink_onsets))
     assert len(clip.blink_onsets) == 2  # the clip really blinks, so the count above is not vacuous
 
 
-def test_blink_counting_counts_onsets(benchmark):
+def test_blink_counting_counts_onsets():
     def count(ratios):
         ratios = np.asarray(ratios, dtype=float)
-        return round(benchmark.blinks_per_minute(ratios, 25.0) * len(ratios) / 25.0 / 60)
+        return round(measures.blinks_per_minute(ratios, 25.0) * len(ratios) / 25.0 / 60)
 
     assert count([0.3, 0.3, 0.1, 0.1, 0.3, 0.3, 0.1, 0.3]) == 2
     assert count([0.3] * 8) == 0
     assert count([0.1, 0.3, 0.3, 0.3, np.nan, 0.3]) == 1  # a blink at the start counts; no face is not a blink
 
 
-def test_pooled_mouth_correlation_centres_each_clip_and_skips_unmeasured_frames(benchmark):
+def test_pooled_mouth_correlation_centres_each_clip_and_skips_unmeasured_frames():
     def rows(values):
         return np.asarray([[value] + [0.0] * 4 for value in values], dtype=float)
 
     # Two clips at different resting openings moving alike: centring each clip makes the pooled series agree.
     truth = [rows([0.1, 0.2, 0.1, 0.2]), rows([0.5, 0.6, 0.5, 0.6])]
     produced = [rows([0.3, 0.4, np.nan, 0.4]), rows([0.0, 0.1, 0.0, 0.1])]
-    correlation, measured = benchmark.pooled_mouth_correlation(truth, produced)
+    correlation, measured = measures.pooled_mouth_correlation(truth, produced)
     assert measured == 7 and correlation > 0.95  # not 1: the unmeasured frame shifts clip 1's centre
     # Opposite movement correlates negatively; fewer than three measurable frames score 0.
-    assert benchmark.pooled_mouth_correlation(truth, [rows([0.2, 0.1, 0.2, 0.1])] * 2)[0] < -0.99
-    assert benchmark.pooled_mouth_correlation(truth[:1], [rows([0.1, np.nan, np.nan, np.nan])]) == (0.0, 1)
+    assert measures.pooled_mouth_correlation(truth, [rows([0.2, 0.1, 0.2, 0.1])] * 2)[0] < -0.99
+    assert measures.pooled_mouth_correlation(truth[:1], [rows([0.1, np.nan, np.nan, np.nan])]) == (0.0, 1)
