@@ -1,35 +1,20 @@
 """
 Shared helpers of the training tests: a tiny DAWN training dataset built from synthetic talking faces through the
-real preprocessing (`training/preprocess.py`), and loading the training scripts as modules.
+real preprocessing (`preprocess_videos`, what `training/preprocess.py` runs), with a tiny random HuBERT.
 """
 
-import importlib.util
-import sys
+import functools
 from pathlib import Path
 
 from diffusers_dawn.testing.synthetic import write_synthetic_dataset
+from diffusers_dawn.testing.tiny_hubert import build_tiny_hubert
+from diffusers_dawn.training.dataset import PreprocessingSettings, preprocess_videos
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_DATASET_RESOLUTION = 64
 TINY_DATASET_FRAMES = 38  # ~1.5 s at 25 fps
 TINY_HUBERT_DIM = 32  # hidden size of diffusers_dawn.testing.tiny_hubert
-
-
-def load_repository_script(relative_path: str):
-    """Imports a script of the repository (e.g. `training/train_lfg.py`), which is not part of the package."""
-    path = REPO_ROOT / relative_path
-    name = "dawn_script_" + path.with_suffix("").relative_to(REPO_ROOT).as_posix().replace("/", "_")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def load_training_script(name: str):
-    """Imports `training/<name>.py` as a module."""
-    return load_repository_script(f"training/{name}.py")
 
 
 def write_tiny_videos(folder: Path, num_videos: int = 2, seed: int = 0) -> list:
@@ -39,23 +24,28 @@ def write_tiny_videos(folder: Path, num_videos: int = 2, seed: int = 0) -> list:
     )
 
 
-def build_tiny_dataset(root: Path, num_videos: int = 2, seed: int = 0, extra_args=()) -> Path:
+def preprocess_tiny_videos(videos: Path, output: Path, resolution: int = TINY_DATASET_RESOLUTION, crop: bool = True,
+                           num_workers: int = 1):
+    """
+    Preprocesses `videos` into `output` as `training/preprocess.py --tiny-hubert-seed 0 --landmarks sidecar` does
+    (the tiny HuBERT with seed 0, the landmarks of the `.npz` files). Returns `(dataset, report)`.
+    """
+    settings = PreprocessingSettings(
+        resolution=resolution,
+        audio_encoder=functools.partial(build_tiny_hubert, seed=0),
+        landmarks="sidecar",
+        crop_scale=2.0 if crop else None,
+    )
+    return preprocess_videos(videos, output, settings, num_workers=num_workers)
+
+
+def build_tiny_dataset(root: Path, num_videos: int = 2, seed: int = 0, resolution: int = TINY_DATASET_RESOLUTION) -> Path:
     """
     Writes synthetic videos to `root/videos` and preprocesses them (tiny HuBERT, ground-truth landmarks) into
     `root/data`. Returns the `save_to_disk` folder of the dataset.
     """
     videos = Path(root) / "videos"
     write_tiny_videos(videos, num_videos=num_videos, seed=seed)
-    preprocess = load_training_script("preprocess")
     output = Path(root) / "data"
-    preprocess.main(
-        [
-            "--input_dir", str(videos),
-            "--output_dir", str(output),
-            "--resolution", str(TINY_DATASET_RESOLUTION),
-            "--tiny-hubert-seed", "0",
-            "--landmarks", "sidecar",
-            *extra_args,
-        ]
-    )
+    preprocess_tiny_videos(videos, output, resolution=resolution)
     return output / "dataset"

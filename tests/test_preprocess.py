@@ -1,4 +1,4 @@
-"""Preprocessing of talking-head videos into the DAWN training dataset (`training/preprocess.py`)."""
+"""Preprocessing of talking-head videos into the DAWN training dataset (`preprocess_videos`, `training/preprocess.py`)."""
 
 import json
 import math
@@ -16,7 +16,7 @@ from _training_utils import (
     TINY_DATASET_RESOLUTION,
     TINY_HUBERT_DIM,
     build_tiny_dataset,
-    load_training_script,
+    preprocess_tiny_videos,
     write_tiny_videos,
 )
 
@@ -26,11 +26,6 @@ def tiny_dataset_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
     build_tiny_dataset(root, num_videos=2)
     return root
-
-
-def _preprocess_args(videos, output, resolution=32, workers=1):
-    return ["--input_dir", str(videos), "--output_dir", str(output), "--resolution", str(resolution),
-            "--tiny-hubert-seed", "0", "--landmarks", "sidecar", "--num_workers", str(workers)]
 
 
 @pytest.mark.slow
@@ -96,8 +91,7 @@ def test_other_frame_rates_and_sizes_are_resampled_to_25_fps(tmp_path):
     # Output frame k (time k / 25) is the 30-fps frame nearest in time: round(1.2 k).
     kept = np.round(np.arange(31) * 30 / 25).astype(int)
     np.savez(videos / "talk.npz", landmarks=clip.landmarks[kept])
-    preprocess = load_training_script("preprocess")
-    assert preprocess.main(_preprocess_args(videos, tmp_path / "out")) == 0
+    preprocess_tiny_videos(videos, tmp_path / "out", resolution=32)
     row = load_dawn_dataset(tmp_path / "out")[0]
     assert row["num_frames"] == 31 == math.floor(duration * 25)
     assert len(row["frames"]) == 31 and row["frames"][0].size == (32, 32)
@@ -110,10 +104,9 @@ def test_corrupt_videos_are_skipped_and_reported_and_reruns_resume(tmp_path, cap
     write_tiny_videos(videos, num_videos=1, seed=3)
     (videos / "broken.mp4").write_bytes(np.random.default_rng(0).bytes(5000))
     shutil.copy(videos / "video_0000.npz", videos / "broken.npz")
-    preprocess = load_training_script("preprocess")
     output = tmp_path / "out"
     with caplog.at_level("WARNING"):
-        assert preprocess.main(_preprocess_args(videos, output, workers=2)) == 0
+        preprocess_tiny_videos(videos, output, resolution=32, num_workers=2)
     assert any("broken" in record.getMessage() and "corrupt" in record.getMessage() for record in caplog.records)
     report = json.loads((output / "preprocess_report.json").read_text())
     assert report["processed"] == ["video_0000"]
@@ -126,7 +119,7 @@ def test_corrupt_videos_are_skipped_and_reported_and_reruns_resume(tmp_path, cap
 
     # A second run processes only the new video: the finished shard is reused untouched, the skip is not retried.
     write_tiny_videos(videos / "more", num_videos=1, seed=4)
-    assert preprocess.main(_preprocess_args(videos, output)) == 0
+    preprocess_tiny_videos(videos, output, resolution=32)
     report = json.loads((output / "preprocess_report.json").read_text())
     assert report["reused"] == ["video_0000"] and report["processed"] == ["more__video_0000"]
     assert list(report["skipped"]) == ["broken"]
@@ -144,8 +137,7 @@ def test_missing_columns_are_named():
 def test_no_crop_keeps_whole_frames_and_scales_the_boxes(tmp_path):
     videos = tmp_path / "videos"
     write_tiny_videos(videos, num_videos=1)
-    preprocess = load_training_script("preprocess")
-    assert preprocess.main(_preprocess_args(videos, tmp_path / "out", resolution=32) + ["--no_crop"]) == 0
+    preprocess_tiny_videos(videos, tmp_path / "out", resolution=32, crop=False)
     row = load_dawn_dataset(tmp_path / "out")[0]
     truth = np.load(videos / f"{row['video_id']}.npz")
     # The whole frame, halved: every box is the drawn one times 32 / 64, nothing is shifted.
