@@ -1,11 +1,14 @@
 """
-Shared scaffolding of the DAWN training scripts (Accelerate).
+Shared scaffolding of the DAWN trainings (Accelerate), configured by a [`~training.config.TrainingConfig`].
 
-A script builds its models, optimisers and data, then hands one training step to [`run_training`], which does the
-rest the same way for every script: resuming (`--resume_from_checkpoint latest`), the deterministic data order
-(a resumed run reproduces the uninterrupted one), gradient accumulation, EMA updates, checkpoints with rotation,
-validation calls, the progress bar and tensorboard logging. Models go into checkpoints with `save_pretrained`
-(diffusers layout), through the save / load hooks of [`register_checkpoint_hooks`].
+A training (`train_lfg`, `train_pbnet`, `train_a2v`) builds its models, optimisers and data (through
+[`build_dataloader`]), then hands one training step to [`run_training`], which does the rest the same way for every
+model: resuming (`resume_from_checkpoint="latest"`), the deterministic data order (a resumed run reproduces the
+uninterrupted one), gradient accumulation, EMA updates, checkpoints with rotation, validation calls, the progress
+bar and tensorboard logging, and returns a [`TrainingResult`]. Models go into checkpoints with `save_pretrained`
+(diffusers layout), through the save / load hooks of [`register_checkpoint_hooks`]; EMAs are diffusers `EMAModel`s
+(of a whole model, saved beside it, or of the trained parameters only, e.g. LoRA matrices, checkpointed by
+Accelerate).
 
 Determinism. A resumed run continues with exactly the numbers of the uninterrupted one because
 - `accelerator.save_state` / `load_state` store and restore the model, optimiser, LR-scheduler and RNG states
@@ -326,7 +329,7 @@ def run_training(
     on_epoch_end: Optional[Callable[[int], None]] = None,
 ) -> TrainingResult:
     """
-    The training loop shared by the DAWN scripts.
+    The training loop shared by the DAWN trainings.
 
     Args:
         dataloader: The prepared dataloader (built with [`build_dataloader`] over `sampler`).
