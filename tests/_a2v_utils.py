@@ -34,7 +34,7 @@ TINY_LFG_CONFIG = dict(
 def tiny_unet(seed: int = 0, audio_dim: int = TINY_AUDIO_DIM) -> UNet3DFlowModel:
     """The tiny U-Net for `tiny_lfg` (16-channel latent), with narrower heads than the pipeline's: cheaper training."""
     torch.manual_seed(seed)
-    narrow = dict(attention_head_dim=8, cross_attention_head_dim=4, resnet_groups=2)
+    narrow = dict(attention_head_dim=8, cross_attention_head_dim=4, norm_num_groups=2)
     return UNet3DFlowModel(**tiny_unet_config(audio_dim=audio_dim, source_latent_channels=16, **narrow))
 
 

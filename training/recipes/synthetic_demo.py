@@ -27,7 +27,6 @@ import numpy as np
 import torch
 
 from diffusers_dawn import DAWNDDIMScheduler, DAWNPipeline, LFGAutoencoder, PBNetModel, UNet3DFlowModel
-from diffusers_dawn.models.unet_3d_flow import BLINK_DIM, POSE_DIM
 from diffusers_dawn.testing.synthetic import write_synthetic_dataset
 from diffusers_dawn.testing.tiny_hubert import build_tiny_hubert
 from diffusers_dawn.training.dataset import load_dawn_dataset
@@ -36,7 +35,6 @@ from diffusers_dawn.training.dataset import load_dawn_dataset
 HERE = Path(__file__).resolve().parent
 DEFAULT_RECIPE = HERE / "synthetic_demo.json"
 STAGES = ("data", "lfg", "pose", "blink", "a2v-stage1", "a2v-stage2", "pipeline")
-# Condition entries beside the speech features: Δpose (6) and Δblink (2).
 
 
 def training_script(name: str):
@@ -59,11 +57,13 @@ def recipe_lfg(settings: dict) -> LFGAutoencoder:
 
 
 def a2v_unet(lfg: LFGAutoencoder, audio_dim: int, settings: dict) -> UNet3DFlowModel:
-    """The small A2V-FDM U-Net of the recipe (its source-latent width is the LFG bottleneck's)."""
+    """
+    The small A2V-FDM U-Net of the recipe (its source-latent width is the LFG bottleneck's). Built with `from_config`,
+    which also reads the U-Net keys of recipes written before they took diffusers' names.
+    """
     torch.manual_seed(settings["seed"])
-    return UNet3DFlowModel(
-        source_latent_channels=lfg.latent_channels, cond_dim=audio_dim + POSE_DIM + BLINK_DIM, **settings["unet"]
-    )
+    config = dict(settings["unet"], source_latent_channels=lfg.latent_channels, audio_dim=audio_dim)
+    return UNet3DFlowModel.from_config(config)
 
 
 def diffusion_lfg(out: Path, settings: dict) -> LFGAutoencoder:

@@ -16,7 +16,7 @@ import torch
 
 from ..models.lfg import LFGAutoencoder
 from ..models.pbnet import PBNetModel
-from ..models.unet_3d_flow import BLINK_DIM, POSE_DIM, UNet3DFlowModel
+from ..models.unet_3d_flow import UNet3DFlowModel
 from ..schedulers.scheduling_dawn_ddim import DAWNDDIMScheduler
 from .tiny_hubert import build_tiny_hubert
 
@@ -56,16 +56,15 @@ def tiny_unet_config(
         source_latent_channels=source_latent_channels,
         face_location_channels=4,
         face_location_hidden_channels=4,
-        base_channels=8,
-        channel_multipliers=(1, 2),
-        cond_dim=audio_dim + POSE_DIM + BLINK_DIM,
-        attention_heads=2,
+        block_out_channels=(8, 16),
+        audio_dim=audio_dim,
+        num_attention_heads=2,
         attention_head_dim=16,
         spatial_attention_head_dim=8,
-        cross_attention_heads=2,
+        num_cross_attention_heads=2,
         cross_attention_head_dim=8,
-        resnet_groups=4,
-        init_kernel_size=3,
+        norm_num_groups=4,
+        conv_in_kernel=3,
     )
     config.update(overrides)
     return config
