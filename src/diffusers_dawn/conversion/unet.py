@@ -1,5 +1,6 @@
 """Conversion of official DAWN A2V-FDM checkpoints (`DAWN_128.pth` / `DAWN_256.pth`) to [`UNet3DFlowModel`]."""
 
+import functools
 import math
 import os
 import re
@@ -11,7 +12,13 @@ from torch import nn
 from ..models.embeddings import RotaryEmbedding
 from ..models.unet_3d_flow import UNet3DFlowModel
 from ..schedulers.scheduling_dawn_ddim import dawn_cosine_betas
-from .common import CheckpointConversionError, check_keys, load_official_checkpoint
+from .common import (
+    CheckpointConversionError,
+    check_keys,
+    load_converted_state_dict,
+    load_official_checkpoint,
+    require_tensor,
+)
 
 
 UNET_PREFIX = "denoise_fn."
@@ -108,13 +115,7 @@ def seeded_face_location_state_dict(hidden_channels: int = 8, out_channels: int 
     return state_dict
 
 
-def _require(state_dict: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
-    if key not in state_dict:
-        raise CheckpointConversionError(
-            f"DAWN checkpoint: missing key {UNET_PREFIX}{key}, needed to infer the model size; this is not an official "
-            "DAWN A2V-FDM checkpoint layout"
-        )
-    return state_dict[key]
+_require = functools.partial(require_tensor, what="DAWN checkpoint", layout="A2V-FDM", prefix=UNET_PREFIX)
 
 
 def _split(prefix: str, fused: torch.Tensor, names) -> Dict[str, torch.Tensor]:
@@ -371,20 +372,9 @@ def convert_unet_checkpoint(
             model.config.face_location_hidden_channels, model.config.face_location_channels
         )
     converted.update({f"face_location_encoder.{key}": value for key, value in face_location_state_dict.items()})
-    expected = model.state_dict()
-    check_keys(expected.keys(), converted.keys(), "DAWN checkpoint (U-Net weights)")
-    mismatched = [
-        f"{key}: {tuple(value.shape)} vs {tuple(expected[key].shape)}"
-        for key, value in converted.items()
-        if value.shape != expected[key].shape
-    ]
-    if mismatched:
-        raise CheckpointConversionError(
-            f"DAWN checkpoint: shapes do not fit the inferred configuration ({'; '.join(mismatched[:4])}); pass the "
-            "configuration values that differ as keyword arguments"
-        )
-    model.load_state_dict(converted, strict=True)
-    return model.eval()
+    check_keys(model.state_dict().keys(), converted.keys(), "DAWN checkpoint (U-Net weights)")
+    config_note = "the inferred configuration (pass the configuration values that differ as keyword arguments)"
+    return load_converted_state_dict(model, converted, "DAWN checkpoint", config_note)
 
 
 def convert_dawn_file(
