@@ -67,7 +67,7 @@ def main(argv=None) -> dict:
         return torch.randn(*shape, generator=generator).to(device=device, dtype=dtype)
 
     sample = randn(1, config.flow_channels + config.occlusion_channels, frames, size, size)
-    condition = randn(1, frames, config.cond_dim)
+    condition = randn(1, frames, model.cond_dim)
     source_latent = randn(1, config.source_latent_channels, size, size)
     face_mask = torch.zeros(1, 1, 4 * size, 4 * size, device=device, dtype=dtype)
     face_mask[..., size : 3 * size, size : 3 * size] = 1

@@ -7,34 +7,22 @@ import torch
 
 from diffusers_dawn.models.lfg import LFGAutoencoder
 from diffusers_dawn.models.unet_3d_flow import UNet3DFlowModel
-from diffusers_dawn.testing.tiny_pipeline import tiny_unet_config
+from diffusers_dawn.testing.tiny_pipeline import tiny_lfg_config, tiny_unet_config
 
 
 TINY_AUDIO_DIM = 16
 TINY_RESOLUTION = 32
 TINY_LATENT_SIZE = TINY_RESOLUTION // 4
 
-TINY_LFG_CONFIG = dict(
-    num_regions=2,
-    block_expansion=4,
-    max_features=16,
-    num_bottleneck_blocks=1,
-    region_block_expansion=4,
-    region_max_features=16,
-    region_num_blocks=2,
-    background_block_expansion=4,
-    background_max_features=16,
-    background_num_blocks=2,
-    motion_block_expansion=4,
-    motion_max_features=16,
-    motion_num_blocks=2,
+TINY_LFG_CONFIG = tiny_lfg_config(
+    num_regions=2, block_expansion=4, max_features=16, hourglass_max_features=16, hourglass_num_blocks=2
 )
 
 
 def tiny_unet(seed: int = 0, audio_dim: int = TINY_AUDIO_DIM) -> UNet3DFlowModel:
     """The tiny U-Net for `tiny_lfg` (16-channel latent), with narrower heads than the pipeline's: cheaper training."""
     torch.manual_seed(seed)
-    narrow = dict(attention_head_dim=8, cross_attention_head_dim=4, resnet_groups=2)
+    narrow = dict(attention_head_dim=8, cross_attention_head_dim=4, norm_num_groups=2)
     return UNet3DFlowModel(**tiny_unet_config(audio_dim=audio_dim, source_latent_channels=16, **narrow))
 
 

@@ -47,10 +47,7 @@ OFFICIAL_256 = {"lfg": "LFG_256_400ep.pth", "dawn": "DAWN_256.pth"}
 UNUSED_FILES = ("README.md", ".gitattributes", "pbnet_both/checkpoint_100000.pth.tar")
 # The same files under other folder names (the official README's pretrain_models/ and pbnet_seperate/).
 RENAMED_LAYOUT = {
-    "lfg": "pretrain_models/LFG_128_1000ep.pth",
-    "dawn": "pretrain_models/DAWN_128.pth",
-    "pbnet_pose": "pretrain_models/pbnet_seperate/pose/checkpoint_40000.pth.tar",
-    "pbnet_blink": "pretrain_models/pbnet_seperate/blink/checkpoint_95000.pth.tar",
+    role: "pretrain_models/" + path.replace("pbnet/", "pbnet_seperate/") for role, path in OFFICIAL_LAYOUT.items()
 }
 ROLE_OPTIONS = {"pbnet_pose": "pbnet_pose_options", "pbnet_blink": "pbnet_blink_options"}
 

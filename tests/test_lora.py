@@ -29,7 +29,7 @@ def _loss_inputs(unet: UNet3DFlowModel, latent_size: int, frames: int = 4):
     mouth_mask[:, :, latent_size // 2 :, latent_size // 4 : latent_size // 2] = 1
     return dict(
         motion_target=torch.rand(1, 3, frames, latent_size, latent_size, generator=generator) * 2 - 1,
-        conditions=torch.randn(1, frames, config.cond_dim, generator=generator),
+        conditions=torch.randn(1, frames, unet.cond_dim, generator=generator),
         source_latent=torch.randn(1, config.source_latent_channels, latent_size, latent_size, generator=generator),
         face_mask=torch.ones(1, 1, 4 * latent_size, 4 * latent_size),
         mouth_mask=mouth_mask,

@@ -34,7 +34,7 @@ def random_inputs(unet, batch, frames, size=16, seed=0):
     return dict(
         sample=torch.randn(batch, 3, frames, size, size, generator=generator),
         timestep=torch.randint(0, 1000, (batch,), generator=generator),
-        encoder_hidden_states=torch.randn(batch, frames, config.cond_dim, generator=generator),
+        encoder_hidden_states=torch.randn(batch, frames, unet.cond_dim, generator=generator),
         source_latent=torch.randn(batch, config.source_latent_channels, size, size, generator=generator),
         face_mask=face_mask,
     )

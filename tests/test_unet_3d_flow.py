@@ -3,6 +3,7 @@
 import json
 import math
 import re
+import warnings
 
 import pytest
 import torch
@@ -24,7 +25,7 @@ from diffusers_dawn.models.attention_processor import (
 )
 from diffusers_dawn.models.embeddings import RotaryEmbedding
 from diffusers_dawn.models.unet_3d_blocks import FaceLocationEncoder
-from diffusers_dawn.models.unet_3d_flow import UNet3DFlowModel, UNet3DFlowOutput
+from diffusers_dawn.models.unet_3d_flow import LEGACY_CONFIG_KEYS, UNet3DFlowModel, UNet3DFlowOutput
 
 
 def official_parameter_counts(fixtures_dir):
@@ -84,7 +85,7 @@ def tiny_inputs(model, batch=2, frames=5, size=8, seed=0):
     return dict(
         sample=torch.randn(batch, 3, frames, size, size, generator=generator),
         timestep=torch.tensor([10, 900][:batch]),
-        encoder_hidden_states=torch.randn(batch, frames, config.cond_dim, generator=generator),
+        encoder_hidden_states=torch.randn(batch, frames, model.cond_dim, generator=generator),
         source_latent=torch.randn(batch, config.source_latent_channels, size, size, generator=generator),
         face_location_features=torch.randn(batch, config.face_location_channels, size, size, generator=generator),
     )
@@ -245,11 +246,11 @@ def test_default_config_is_the_official_model(fixtures_dir):
     not_converted = official["head_cross_attention"] + official["rotary_freqs"]
     assert parameters == official["unet"] - not_converted + official["face_location_encoder"]
     config = model.config
-    assert config.base_channels == 64 and tuple(config.channel_multipliers) == (1, 2, 4, 8)
+    assert tuple(config.block_out_channels) == (64, 128, 256, 512) and config.conv_in_channels is None
     static_channels = config.source_latent_channels + config.face_location_channels
     assert config.flow_channels + config.occlusion_channels + static_channels == 275
-    assert config.cond_dim == 1032 and config.window == 40
-    assert (config.attention_heads, config.attention_head_dim) == (8, 32)
+    assert (config.audio_dim, model.cond_dim, config.window) == (1024, 1032, 40)
+    assert (config.num_attention_heads, config.attention_head_dim, config.norm_num_groups) == (8, 32, 8)
 
 
 def real_shaped_diffusion_state_dict(fixtures_dir):
@@ -291,9 +292,21 @@ def test_converter_reads_a_checkpoint_file(official_weights, tmp_path):
     path = tmp_path / "DAWN_tiny.pth"
     torch.save({"example": 0, "diffusion": diffusion, "optimizer_diff": {}}, path)
     model = convert_dawn_file(path, face_location_state_dict=face_location)
-    assert model.config.base_channels == 8 and model.config.cond_dim == 40
+    assert tuple(model.config.block_out_channels) == (8, 16, 32, 64) and model.cond_dim == 40
     expected = convert_unet_checkpoint(diffusion, face_location_state_dict=face_location).state_dict()
     assert all(torch.equal(value, expected[key]) for key, value in model.state_dict().items())
+
+
+def test_converted_folders_are_written_with_the_current_config_names(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path)
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert not set(written) & set(LEGACY_CONFIG_KEYS)
+    assert {"block_out_channels", "num_attention_heads", "norm_num_groups", "audio_dim"} <= set(written)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # the warning of configs with the earlier names
+        reloaded = UNet3DFlowModel.from_pretrained(tmp_path)
+    public = {key: value for key, value in written.items() if not key.startswith("_")}
+    assert public == {key: json.loads(json.dumps(reloaded.config[key])) for key in public}
 
 
 def _without(state_dict, key):

@@ -4,7 +4,7 @@ import os
 import pickle
 import re
 import zipfile
-from typing import Dict, Iterable, Mapping, Optional
+from typing import Callable, Dict, Iterable, Mapping, Optional
 
 import torch
 
@@ -97,6 +97,41 @@ def check_keys(expected: Iterable[str], found: Iterable[str], what: str) -> None
         if unexpected:
             parts.append(f"unknown keys {_preview(unexpected)}")
         raise CheckpointConversionError(f"{what}: {'; '.join(parts)}; this is not an official DAWN checkpoint layout")
+
+
+def require_tensor(state_dict: Mapping[str, torch.Tensor], key: str, what: str, layout: str, prefix: str = ""):
+    """`state_dict[key]`, needed to infer the model size; a missing key is named (as `prefix + key`, its name in the file)."""
+    if key not in state_dict:
+        raise CheckpointConversionError(
+            f"{what}: missing key {prefix}{key}, needed to infer the model size; this is not an official DAWN "
+            f"{layout} checkpoint layout"
+        )
+    return state_dict[key]
+
+
+def load_converted_state_dict(
+    model: torch.nn.Module,
+    converted: Mapping[str, torch.Tensor],
+    what: str,
+    config_note: str,
+    official_name: Optional[Callable[[str], str]] = None,
+) -> torch.nn.Module:
+    """
+    Loads a converted state dict (the model's names) into `model` strictly and returns the model in eval mode, after
+    checking every shape: tensors that do not fit the configuration are all named in one error (by their official
+    names when `official_name` maps them back), with `config_note` saying which configuration they contradict.
+    """
+    target = model.state_dict()
+    name = official_name or str
+    mismatched = [
+        f"{name(key)} {tuple(value.shape)} (model expects {tuple(target[key].shape)})"
+        for key, value in converted.items()
+        if key in target and tuple(value.shape) != tuple(target[key].shape)
+    ]
+    if mismatched:
+        raise CheckpointConversionError(f"{what}: shapes do not fit {config_note}: {_preview(mismatched)}")
+    model.load_state_dict(converted, strict=True)
+    return model.eval()
 
 
 def _preview(keys, limit: int = 8) -> str:

@@ -268,17 +268,9 @@ def convert_official_checkpoints(
     pbnet_blink = convert_pbnet_file(pbnet_blink_path, pbnet_blink_options)
 
     _step(6, "Checking that the components fit together")
-    check_components_fit(lfg, unet, pbnet_pose, pbnet_blink, audio_encoder)
-    pipeline = DAWNPipeline(
-        lfg=lfg,
-        unet=unet,
-        pbnet_pose=pbnet_pose,
-        pbnet_blink=pbnet_blink,
-        scheduler=scheduler,
-        audio_encoder=audio_encoder,
-        feature_extractor=feature_extractor,
-        resolution=resolution,
-    )
+    models = dict(lfg=lfg, unet=unet, pbnet_pose=pbnet_pose, pbnet_blink=pbnet_blink, audio_encoder=audio_encoder)
+    check_components_fit(**models)
+    pipeline = DAWNPipeline(**models, scheduler=scheduler, feature_extractor=feature_extractor, resolution=resolution)
 
     if output_dir is None:
         _step(7, "Done (nothing written: no output folder given)")

@@ -1,5 +1,6 @@
 """Conversion of official LFG checkpoints (`LFG_128_1000ep.pth`, `LFG_256_400ep.pth`) to [`LFGAutoencoder`]."""
 
+import functools
 import inspect
 import os
 import re
@@ -9,7 +10,13 @@ import torch
 
 from ..models.lfg import LFGAutoencoder
 from ..models.lfg_blocks import gaussian_blur_kernel, hourglass_widths
-from .common import CheckpointConversionError, check_keys, load_official_checkpoint
+from .common import (
+    CheckpointConversionError,
+    check_keys,
+    load_converted_state_dict,
+    load_official_checkpoint,
+    require_tensor,
+)
 
 
 SUB_DICTS = ("generator", "region_predictor", "bg_predictor")
@@ -82,13 +89,7 @@ def _flatten(checkpoint: Mapping) -> Dict[str, torch.Tensor]:
     return flat
 
 
-def _require(state_dict: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
-    if key not in state_dict:
-        raise CheckpointConversionError(
-            f"LFG checkpoint: missing key {key}, needed to infer the model size; this is not an official DAWN "
-            "LFG checkpoint layout"
-        )
-    return state_dict[key]
+_require = functools.partial(require_tensor, what="LFG checkpoint", layout="LFG")
 
 
 def _count_blocks(state_dict: Mapping[str, torch.Tensor], pattern: str) -> int:
@@ -232,19 +233,8 @@ def convert_lfg_checkpoint(checkpoint: Mapping, **config_overrides) -> LFGAutoen
     converted = {
         official_key_to_diffusers(key): value for key, value in state_dict.items() if key not in KERNEL_KEYS
     }
-    target = model.state_dict()
-    mismatched = [
-        f"{diffusers_key_to_official(key)} {tuple(value.shape)} (model expects {tuple(target[key].shape)})"
-        for key, value in converted.items()
-        if tuple(value.shape) != tuple(target[key].shape)
-    ]
-    if mismatched:
-        raise CheckpointConversionError(
-            f"LFG checkpoint: shapes do not match the config {dict(config_overrides) or '(inferred)'}: "
-            f"{'; '.join(mismatched[:8])}{' …' if len(mismatched) > 8 else ''}"
-        )
-    model.load_state_dict(converted, strict=True)
-    return model.eval()
+    config_note = f"the config {dict(config_overrides) or '(inferred)'}"
+    return load_converted_state_dict(model, converted, "LFG checkpoint", config_note, diffusers_key_to_official)
 
 
 def convert_lfg_file(path: "str | os.PathLike", **config_overrides) -> LFGAutoencoder:

@@ -1,5 +1,6 @@
 """Conversion of official PBNet checkpoints (`pbnet_seperate/{pose,blink}/checkpoint_*.pth.tar`) to [`PBNetModel`]."""
 
+import functools
 import os
 import re
 from typing import Dict, Mapping, Optional
@@ -10,7 +11,13 @@ from diffusers.utils import logging
 
 from ..models.embeddings import RotaryEmbedding
 from ..models.pbnet import POSE_STATE_MAX, POSE_STATE_MIN, PBNetModel, sinusoidal_position_encoding
-from .common import CheckpointConversionError, check_keys, load_official_checkpoint
+from .common import (
+    CheckpointConversionError,
+    check_keys,
+    load_converted_state_dict,
+    load_official_checkpoint,
+    require_tensor,
+)
 
 
 logger = logging.get_logger(__name__)
@@ -57,13 +64,7 @@ QUERY_ATTN = "decoder.init_temporal_attn.fn.fn."
 POSITION_BUFFERS = ("encoder.sequence_pos_encoder.pe", "decoder.sequence_pos_encoder.pe")
 
 
-def _require(state_dict: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
-    if key not in state_dict:
-        raise CheckpointConversionError(
-            f"PBNet checkpoint: missing key {key}, needed to infer the model size; this is not an official DAWN "
-            "PBNet checkpoint layout"
-        )
-    return state_dict[key]
+_require = functools.partial(require_tensor, what="PBNet checkpoint", layout="PBNet")
 
 
 def _rotary_keys(num_layers: int):
@@ -298,19 +299,8 @@ def convert_pbnet_checkpoint(state_dict: Mapping[str, torch.Tensor], options: Op
     converted = {}
     for key, value in state_dict.items():
         converted.update(_convert_key(key, value))
-    target = model.state_dict()
-    mismatched = [
-        f"{key} {tuple(value.shape)} (model expects {tuple(target[key].shape)})"
-        for key, value in converted.items()
-        if tuple(value.shape) != tuple(target[key].shape)
-    ]
-    if mismatched:
-        raise CheckpointConversionError(
-            f"PBNet checkpoint: shapes contradict the inferred config: {'; '.join(mismatched[:8])}"
-            f"{' …' if len(mismatched) > 8 else ''}"
-        )
-    model.load_state_dict({key: value.float() for key, value in converted.items()}, strict=True)
-    return model.eval()
+    converted = {key: value.float() for key, value in converted.items()}
+    return load_converted_state_dict(model, converted, "PBNet checkpoint", "the inferred config")
 
 
 class _TolerantYamlLoader(yaml.SafeLoader):

@@ -1,5 +1,6 @@
 """Conversion of official DAWN A2V-FDM checkpoints (`DAWN_128.pth` / `DAWN_256.pth`) to [`UNet3DFlowModel`]."""
 
+import functools
 import math
 import os
 import re
@@ -11,7 +12,13 @@ from torch import nn
 from ..models.embeddings import RotaryEmbedding
 from ..models.unet_3d_flow import UNet3DFlowModel
 from ..schedulers.scheduling_dawn_ddim import dawn_cosine_betas
-from .common import CheckpointConversionError, check_keys, load_official_checkpoint
+from .common import (
+    CheckpointConversionError,
+    check_keys,
+    load_converted_state_dict,
+    load_official_checkpoint,
+    require_tensor,
+)
 
 
 UNET_PREFIX = "denoise_fn."
@@ -108,13 +115,7 @@ def seeded_face_location_state_dict(hidden_channels: int = 8, out_channels: int 
     return state_dict
 
 
-def _require(state_dict: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
-    if key not in state_dict:
-        raise CheckpointConversionError(
-            f"DAWN checkpoint: missing key {UNET_PREFIX}{key}, needed to infer the model size; this is not an official "
-            "DAWN A2V-FDM checkpoint layout"
-        )
-    return state_dict[key]
+_require = functools.partial(require_tensor, what="DAWN checkpoint", layout="A2V-FDM", prefix=UNET_PREFIX)
 
 
 def _split(prefix: str, fused: torch.Tensor, names) -> Dict[str, torch.Tensor]:
@@ -124,21 +125,16 @@ def _split(prefix: str, fused: torch.Tensor, names) -> Dict[str, torch.Tensor]:
 def infer_unet_config(unet_state_dict: Mapping[str, torch.Tensor], face_location_channels: int = 16) -> Dict:
     """[`UNet3DFlowModel`] configuration read off the shapes of an official U-Net state dict (without `denoise_fn.`)."""
     init_conv = _require(unet_state_dict, "init_conv.weight")
-    base_channels, in_channels, _, _, kernel = init_conv.shape
+    conv_in_channels, in_channels, _, _, kernel = init_conv.shape
     heads = _require(unet_state_dict, "time_rel_pos_bias.relative_attention_bias.weight").shape[1]
     num_buckets = unet_state_dict["time_rel_pos_bias.relative_attention_bias.weight"].shape[0]
     temporal_inner = _require(unet_state_dict, "init_temporal_attn.fn.fn.fn.to_qkv.weight").shape[0] // 3
     spatial_inner = _require(unet_state_dict, "downs.0.2.fn.fn.to_qkv.weight").shape[0] // 3
     matches = [LEVEL.fullmatch(key) for key in unet_state_dict]
     num_levels = len({int(match.group(2)) for match in matches if match and match.group(1) == "downs"})
-    multipliers = []
-    for level in range(num_levels):
-        level_channels = _require(unet_state_dict, f"downs.{level}.0.block1.proj.weight").shape[0]
-        if level_channels % base_channels:
-            raise CheckpointConversionError(
-                f"DAWN checkpoint: level {level} has {level_channels} channels, not a multiple of {base_channels}"
-            )
-        multipliers.append(level_channels // base_channels)
+    block_out_channels = tuple(
+        _require(unet_state_dict, f"downs.{level}.0.block1.proj.weight").shape[0] for level in range(num_levels)
+    )
     audio_dim = _require(unet_state_dict, "downs.0.0.audio_mlp.1.weight").shape[1]
     pose_dim = _require(unet_state_dict, "downs.0.0.pose_mlp.1.weight").shape[1]
     blink_dim = _require(unet_state_dict, "downs.0.0.eye_mlp.1.weight").shape[1]
@@ -159,19 +155,19 @@ def infer_unet_config(unet_state_dict: Mapping[str, torch.Tensor], face_location
         occlusion_channels=occlusion_channels,
         source_latent_channels=source_latent_channels,
         face_location_channels=face_location_channels,
-        base_channels=base_channels,
-        channel_multipliers=tuple(multipliers),
-        cond_dim=audio_dim + pose_dim + blink_dim,
+        block_out_channels=block_out_channels,
+        # `None` where the shapes give what the model derives anyway, so converted configs equal hand-built ones.
+        conv_in_channels=None if conv_in_channels == block_out_channels[0] else conv_in_channels,
+        audio_dim=audio_dim,
         pose_dim=pose_dim,
         blink_dim=blink_dim,
-        attention_heads=heads,
+        num_attention_heads=heads,
         attention_head_dim=temporal_inner // heads,
         spatial_attention_head_dim=spatial_inner // heads,
-        cross_attention_heads=cross_inner // cross_head_dim,
+        num_cross_attention_heads=cross_inner // cross_head_dim,
         cross_attention_head_dim=cross_head_dim,
-        init_kernel_size=kernel,
-        # `None` where the shapes give what the model derives anyway, so converted configs equal hand-built ones.
-        time_embedding_dim=None if time_embedding_dim == 4 * base_channels else time_embedding_dim,
+        conv_in_kernel=kernel,
+        time_embedding_dim=None if time_embedding_dim == 4 * conv_in_channels else time_embedding_dim,
         num_position_buckets=num_buckets,
         rotary_dim=None if rotary_dim == min(32, temporal_inner // heads) else rotary_dim,
     )
@@ -337,7 +333,7 @@ def convert_unet_checkpoint(
             official names (`conv1.weight`, `conv1.bias`, `conv2.weight`, `conv2.bias`). No official checkpoint
             contains them; by default they are drawn with [`seeded_face_location_state_dict`].
         window (`int`, *optional*, defaults to 40): Temporal attention window (`win_width` of the official configs).
-        config_overrides: Other [`UNet3DFlowModel`] configuration values (e.g. `resnet_groups`, which no shape
+        config_overrides: Other [`UNet3DFlowModel`] configuration values (e.g. `norm_num_groups`, which no shape
             determines).
 
     Raises:
@@ -363,7 +359,7 @@ def convert_unet_checkpoint(
         config["face_location_hidden_channels"] = face_location_state_dict["conv1.weight"].shape[0]
     config["window"] = window
     config.update(config_overrides)
-    dropped = dropped_official_keys(len(config["channel_multipliers"]))
+    dropped = dropped_official_keys(len(config["block_out_channels"]))
     missing = [UNET_PREFIX + key for key in dropped if key not in unet_state_dict]
     if missing:
         check_keys(missing, [], "DAWN checkpoint (U-Net weights)")
@@ -376,20 +372,9 @@ def convert_unet_checkpoint(
             model.config.face_location_hidden_channels, model.config.face_location_channels
         )
     converted.update({f"face_location_encoder.{key}": value for key, value in face_location_state_dict.items()})
-    expected = model.state_dict()
-    check_keys(expected.keys(), converted.keys(), "DAWN checkpoint (U-Net weights)")
-    mismatched = [
-        f"{key}: {tuple(value.shape)} vs {tuple(expected[key].shape)}"
-        for key, value in converted.items()
-        if value.shape != expected[key].shape
-    ]
-    if mismatched:
-        raise CheckpointConversionError(
-            f"DAWN checkpoint: shapes do not fit the inferred configuration ({'; '.join(mismatched[:4])}); pass the "
-            "configuration values that differ as keyword arguments"
-        )
-    model.load_state_dict(converted, strict=True)
-    return model.eval()
+    check_keys(model.state_dict().keys(), converted.keys(), "DAWN checkpoint (U-Net weights)")
+    config_note = "the inferred configuration (pass the configuration values that differ as keyword arguments)"
+    return load_converted_state_dict(model, converted, "DAWN checkpoint", config_note)
 
 
 def convert_dawn_file(

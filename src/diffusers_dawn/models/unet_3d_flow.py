@@ -1,7 +1,8 @@
 """DAWN's A2V-FDM denoiser: a 3-D U-Net that predicts the noise of motion latents (flow grid + occlusion) per frame."""
 
+import warnings
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +14,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import USE_PEFT_BACKEND, BaseOutput, logging, scale_lora_layers, unscale_lora_layers
 from torch import nn
 
+from ..utils.errors import DAWNInputError
 from .attention_processor import DAWNAttention, FusedLocalAttnProcessor, LocalAttnProcessor
 from .embeddings import RelativePositionBias, RotaryEmbedding
 from .unet_3d_blocks import (
@@ -62,6 +64,57 @@ def build_condition(
     return torch.cat([audio_features.float(), pose_delta, blink_delta], dim=-1)
 
 
+# Config keys written before the U-Net followed diffusers' names, renamed one to one ...
+RENAMED_CONFIG_KEYS = {
+    "attention_heads": "num_attention_heads",
+    "cross_attention_heads": "num_cross_attention_heads",
+    "resnet_groups": "norm_num_groups",
+    "init_kernel_size": "conv_in_kernel",
+}
+# ... and all earlier keys, including those whose values are recomputed: `base_channels` and `channel_multipliers`
+# become `block_out_channels` (and `conv_in_channels` when the first level widens), `cond_dim` becomes `audio_dim`.
+LEGACY_CONFIG_KEYS = (*RENAMED_CONFIG_KEYS, "base_channels", "channel_multipliers", "cond_dim")
+# The defaults the earlier keys had, for configs that left some of them out.
+_LEGACY_DEFAULTS = {"base_channels": 64, "channel_multipliers": (1, 2, 4, 8)}
+
+
+def upgrade_legacy_config(config: Mapping[str, Any]) -> Tuple[Dict[str, Any], List[str]]:
+    r"""
+    Reads a [`UNet3DFlowModel`] config written with the earlier key names ([`LEGACY_CONFIG_KEYS`]) as the current
+    ones; the model it builds has the same parameters, so the saved weights load unchanged.
+
+    Returns:
+        `(config, legacy_keys)`: the config with current keys only, and the earlier keys it had (empty when none).
+
+    Raises:
+        DAWNInputError: the config holds an earlier key and the current one that replaces it.
+    """
+    legacy_keys = [key for key in LEGACY_CONFIG_KEYS if key in config]
+    upgraded = {key: value for key, value in config.items() if key not in LEGACY_CONFIG_KEYS}
+
+    def set_current(name: str, value: Any, earlier: str) -> None:
+        if name in upgraded:
+            raise DAWNInputError(
+                f"the UNet3DFlowModel config has both `{earlier}` (an earlier name) and `{name}`; keep only `{name}`"
+            )
+        upgraded[name] = value
+
+    for earlier, name in RENAMED_CONFIG_KEYS.items():
+        if earlier in config:
+            set_current(name, config[earlier], earlier)
+    if "base_channels" in config or "channel_multipliers" in config:
+        base = config.get("base_channels", _LEGACY_DEFAULTS["base_channels"])
+        multipliers = config.get("channel_multipliers", _LEGACY_DEFAULTS["channel_multipliers"])
+        earlier = "base_channels` / `channel_multipliers"
+        set_current("block_out_channels", [base * multiplier for multiplier in multipliers], earlier)
+        if multipliers[0] != 1:
+            set_current("conv_in_channels", base, earlier)
+    if "cond_dim" in config:
+        pose_dim, blink_dim = config.get("pose_dim", POSE_DIM), config.get("blink_dim", BLINK_DIM)
+        set_current("audio_dim", config["cond_dim"] - pose_dim - blink_dim, "cond_dim")
+    return upgraded, legacy_keys
+
+
 @dataclass
 class UNet3DFlowOutput(BaseOutput):
     r"""
@@ -91,7 +144,9 @@ class UNet3DFlowModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapterMixin)
     The frame-invariant conditioning (source latent, face location) enters through the first convolution, which is
     linear: it is convolved once per call and broadcast over frames instead of being repeated for every frame.
 
-    The default configuration is the official one (DAWN_128 and DAWN_256 share it).
+    The default configuration is the official one (DAWN_128 and DAWN_256 share it). Configuration keys follow
+    diffusers' U-Nets where they mean the same thing; configs written with the earlier names (see
+    [`LEGACY_CONFIG_KEYS`]) still load, with a `FutureWarning` that asks to re-save them.
 
     Parameters:
         flow_channels (`int`, defaults to 2): Flow-grid channels of the motion latent (first output head).
@@ -99,19 +154,23 @@ class UNet3DFlowModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapterMixin)
         source_latent_channels (`int`, defaults to 256): Channels of the LFG source latent.
         face_location_channels (`int`, defaults to 16): Channels of the encoded face-location mask.
         face_location_hidden_channels (`int`, defaults to 8): Hidden channels of the face-location encoder.
-        base_channels (`int`, defaults to 64): Channels after the first convolution.
-        channel_multipliers (`Tuple[int]`, defaults to `(1, 2, 4, 8)`): Channels of each level in `base_channels`.
-        cond_dim (`int`, defaults to 1032): Width of the per-frame condition, audio + pose + blink.
+        block_out_channels (`Tuple[int]`, defaults to `(64, 128, 256, 512)`): Output channels of each level.
+        conv_in_channels (`int`, *optional*): Channels after the first convolution, which are also the width of the
+            sinusoidal timestep features and the hidden width of the output heads; defaults to
+            `block_out_channels[0]`.
+        audio_dim (`int`, defaults to 1024): Width of the speech features in the condition.
         pose_dim (`int`, defaults to 6): Width of the pose delta.
-        blink_dim (`int`, defaults to 2): Width of the blink delta.
-        attention_heads (`int`, defaults to 8): Heads of the temporal and spatial attentions.
+        blink_dim (`int`, defaults to 2): Width of the blink delta. The condition is `audio_dim + pose_dim +
+            blink_dim` wide (`cond_dim`); each res-block cross-attends to the three parts separately.
+        num_attention_heads (`int`, defaults to 8): Heads of the temporal and spatial attentions (and of the
+            temporal relative-position bias).
         attention_head_dim (`int`, defaults to 32): Channels per head of the temporal attentions.
         spatial_attention_head_dim (`int`, defaults to 32): Channels per head of the spatial attentions.
-        cross_attention_heads (`int`, defaults to 8), cross_attention_head_dim (`int`, defaults to 8): Shape of the
-            cosine cross-attentions.
-        resnet_groups (`int`, defaults to 8): GroupNorm groups.
-        init_kernel_size (`int`, defaults to 7): Spatial kernel of the first convolution.
-        time_embedding_dim (`int`, *optional*): Width of the time embedding; defaults to `4 · base_channels`.
+        num_cross_attention_heads (`int`, defaults to 8), cross_attention_head_dim (`int`, defaults to 8): Shape of
+            the cosine cross-attentions to the audio, pose and blink conditions.
+        norm_num_groups (`int`, defaults to 8): GroupNorm groups of the res-blocks.
+        conv_in_kernel (`int`, defaults to 7): Spatial kernel of the first convolution (odd).
+        time_embedding_dim (`int`, *optional*): Width of the time embedding; defaults to `4 · conv_in_channels`.
         window (`int`, *optional*, defaults to 40): Largest frame distance the temporal attentions see (`None`: all).
         num_position_buckets (`int`, defaults to 32), max_position_distance (`int`, defaults to 32): T5 buckets.
         rotary_dim (`int`, *optional*): Rotated channels per temporal head; defaults to `min(32, attention_head_dim)`.
@@ -128,18 +187,18 @@ class UNet3DFlowModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapterMixin)
         source_latent_channels: int = 256,
         face_location_channels: int = 16,
         face_location_hidden_channels: int = 8,
-        base_channels: int = 64,
-        channel_multipliers: Sequence[int] = (1, 2, 4, 8),
-        cond_dim: int = 1032,
+        block_out_channels: Sequence[int] = (64, 128, 256, 512),
+        conv_in_channels: Optional[int] = None,
+        audio_dim: int = 1024,
         pose_dim: int = POSE_DIM,
         blink_dim: int = BLINK_DIM,
-        attention_heads: int = 8,
+        num_attention_heads: int = 8,
         attention_head_dim: int = 32,
         spatial_attention_head_dim: int = 32,
-        cross_attention_heads: int = 8,
+        num_cross_attention_heads: int = 8,
         cross_attention_head_dim: int = 8,
-        resnet_groups: int = 8,
-        init_kernel_size: int = 7,
+        norm_num_groups: int = 8,
+        conv_in_kernel: int = 7,
         time_embedding_dim: Optional[int] = None,
         window: Optional[int] = 40,
         num_position_buckets: int = 32,
@@ -147,41 +206,45 @@ class UNet3DFlowModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapterMixin)
         rotary_dim: Optional[int] = None,
     ):
         super().__init__()
-        audio_dim = cond_dim - pose_dim - blink_dim
-        if audio_dim < 1:
-            raise ValueError(f"`cond_dim` ({cond_dim}) must exceed `pose_dim` + `blink_dim` ({pose_dim + blink_dim})")
-        if init_kernel_size % 2 == 0:
-            raise ValueError(f"`init_kernel_size` must be odd to keep the latent size, got {init_kernel_size}")
+        if min(audio_dim, pose_dim, blink_dim) < 1:
+            raise ValueError(
+                f"`audio_dim`, `pose_dim` and `blink_dim` must be positive, got {audio_dim}, {pose_dim}, {blink_dim}"
+            )
+        if len(block_out_channels) < 1:
+            raise ValueError("`block_out_channels` must name the channels of at least one level")
+        if conv_in_kernel % 2 == 0:
+            raise ValueError(f"`conv_in_kernel` must be odd to keep the latent size, got {conv_in_kernel}")
+        conv_in_channels = block_out_channels[0] if conv_in_channels is None else conv_in_channels
         rotary_dim = min(32, attention_head_dim) if rotary_dim is None else rotary_dim
-        time_embedding_dim = 4 * base_channels if time_embedding_dim is None else time_embedding_dim
+        time_embedding_dim = 4 * conv_in_channels if time_embedding_dim is None else time_embedding_dim
         condition_dims = (audio_dim, pose_dim, blink_dim)
         self.gradient_checkpointing = False
 
         self.face_location_encoder = FaceLocationEncoder(face_location_hidden_channels, face_location_channels)
         in_channels = flow_channels + occlusion_channels + source_latent_channels + face_location_channels
-        padding = init_kernel_size // 2
+        padding = conv_in_kernel // 2
         self.conv_in = nn.Conv3d(
-            in_channels, base_channels, (1, init_kernel_size, init_kernel_size), padding=(0, padding, padding)
+            in_channels, conv_in_channels, (1, conv_in_kernel, conv_in_kernel), padding=(0, padding, padding)
         )
-        self.time_embedding = TimestepEmbedding(base_channels, time_embedding_dim, act_fn="gelu")
+        self.time_embedding = TimestepEmbedding(conv_in_channels, time_embedding_dim, act_fn="gelu")
         # One rotary table and one bias module shared by every temporal attention; the bias is computed once per call.
         self.rotary_emb = RotaryEmbedding(rotary_dim)
         self.time_position_bias = RelativePositionBias(
-            attention_heads, num_position_buckets, max_position_distance, window
+            num_attention_heads, num_position_buckets, max_position_distance, window
         )
-        self.init_temporal_attention = TemporalAttention(base_channels, attention_heads, attention_head_dim)
+        self.init_temporal_attention = TemporalAttention(conv_in_channels, num_attention_heads, attention_head_dim)
 
         level_kwargs = dict(
             temb_channels=time_embedding_dim,
             condition_dims=condition_dims,
-            groups=resnet_groups,
-            attention_heads=attention_heads,
+            groups=norm_num_groups,
+            attention_heads=num_attention_heads,
             attention_head_dim=attention_head_dim,
             spatial_attention_head_dim=spatial_attention_head_dim,
-            cross_attention_heads=cross_attention_heads,
+            cross_attention_heads=num_cross_attention_heads,
             cross_attention_head_dim=cross_attention_head_dim,
         )
-        channels = [base_channels] + [base_channels * multiplier for multiplier in channel_multipliers]
+        channels = [conv_in_channels, *block_out_channels]
         levels = list(zip(channels[:-1], channels[1:]))
         self.down_blocks = nn.ModuleList(
             [
@@ -197,10 +260,29 @@ class UNet3DFlowModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapterMixin)
                 for index, (level_in, level_out) in enumerate(reversed(levels))
             ]
         )
-        self.flow_head = OutputHead3D(2 * base_channels, base_channels, flow_channels, resnet_groups)
-        self.occlusion_head = OutputHead3D(2 * base_channels, base_channels, occlusion_channels, resnet_groups)
+        self.flow_head = OutputHead3D(2 * conv_in_channels, conv_in_channels, flow_channels, norm_num_groups)
+        self.occlusion_head = OutputHead3D(2 * conv_in_channels, conv_in_channels, occlusion_channels, norm_num_groups)
         # Chunk budget given to the default attention processors (None: the processors' own default).
         self._attention_chunk_bytes = None
+
+    @classmethod
+    def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
+        r"""
+        Builds the model from a config, as [`~ConfigMixin.from_config`] does; `from_pretrained` loads through it. A
+        config written with the earlier key names is read as the current ones (see [`upgrade_legacy_config`]), with a
+        `FutureWarning`: re-saving the model (`save_pretrained`) writes the current names.
+        """
+        if isinstance(config, Mapping):
+            config, legacy_keys = upgrade_legacy_config(config)
+            if legacy_keys:
+                warnings.warn(
+                    f"This UNet3DFlowModel config uses earlier key names ({', '.join(legacy_keys)}), read as diffusers' "
+                    "names (block_out_channels, num_attention_heads, norm_num_groups, ...). Re-save the model with "
+                    "`save_pretrained` to write the new names; a future release will no longer read the earlier ones.",
+                    FutureWarning,
+                    stacklevel=2,
+                )
+        return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     def set_attention_chunking(
         self,
@@ -314,9 +396,9 @@ class UNet3DFlowModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapterMixin)
                 f"got {tuple(sample.shape)}"
             )
         batch, _, frames, height, width = sample.shape
-        if encoder_hidden_states.ndim != 3 or encoder_hidden_states.shape[1:] != (frames, config.cond_dim):
+        if encoder_hidden_states.ndim != 3 or encoder_hidden_states.shape[1:] != (frames, self.cond_dim):
             raise ValueError(
-                f"`encoder_hidden_states` must have shape (batch, {frames}, {config.cond_dim}) = [audio | pose delta | "
+                f"`encoder_hidden_states` must have shape (batch, {frames}, {self.cond_dim}) = [audio | pose delta | "
                 f"blink delta] per frame, got {tuple(encoder_hidden_states.shape)}"
             )
         for name, tensor, channels in (
@@ -339,8 +421,13 @@ class UNet3DFlowModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapterMixin)
 
     @property
     def audio_dim(self) -> int:
-        """Width of the speech features in the condition: `cond_dim − pose_dim − blink_dim` (see [`build_condition`])."""
-        return self.config.cond_dim - self.config.pose_dim - self.config.blink_dim
+        """Width of the speech features in the condition (see [`build_condition`])."""
+        return self.config.audio_dim
+
+    @property
+    def cond_dim(self) -> int:
+        """Width of the per-frame condition `[audio | pose delta | blink delta]`: `audio_dim + pose_dim + blink_dim`."""
+        return self.config.audio_dim + self.config.pose_dim + self.config.blink_dim
 
     def forward(
         self,
@@ -410,7 +497,7 @@ class UNet3DFlowModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapterMixin)
         if not torch.is_tensor(timestep):
             timestep = torch.tensor([timestep], device=sample.device)
         timestep = timestep.to(sample.device).reshape(-1).expand(batch)
-        time_features = timestep_sinusoidal_embedding(timestep, self.config.base_channels)
+        time_features = timestep_sinusoidal_embedding(timestep, self.conv_in.out_channels)
         temb = self.time_embedding(time_features.to(self.time_embedding.linear_1.weight.dtype))
 
         motion_weight = self.conv_in.weight[:, :motion_channels]

@@ -32,10 +32,8 @@ def tiny_hubert_config(
         num_conv_pos_embedding_groups=2,
         feat_extract_norm=feat_extract_norm,
         do_stable_layer_norm=True,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-        activation_dropout=0.0,
-        feat_proj_dropout=0.0,
+        # No dropout of any kind, so that training and evaluation compute the same features.
+        **dict.fromkeys(("hidden_dropout", "attention_dropout", "activation_dropout", "feat_proj_dropout"), 0.0),
         layerdrop=0.0,
     )
 

@@ -16,7 +16,7 @@ import torch
 
 from ..models.lfg import LFGAutoencoder
 from ..models.pbnet import PBNetModel
-from ..models.unet_3d_flow import BLINK_DIM, POSE_DIM, UNet3DFlowModel
+from ..models.unet_3d_flow import UNet3DFlowModel
 from ..schedulers.scheduling_dawn_ddim import DAWNDDIMScheduler
 from .tiny_hubert import build_tiny_hubert
 
@@ -24,23 +24,32 @@ from .tiny_hubert import build_tiny_hubert
 TINY_RESOLUTION = 128
 TINY_AUDIO_DIM = 32
 
+
+def tiny_lfg_config(
+    num_regions: int = 4,
+    block_expansion: int = 8,
+    max_features: int = 64,
+    hourglass_max_features: int = 32,
+    hourglass_num_blocks: int = 5,
+) -> Dict[str, object]:
+    """
+    Keyword arguments of a tiny [`LFGAutoencoder`]; by default the LFG of the tiny pipeline. Its region predictor,
+    background predictor and dense-motion network share one hourglass size (4-channel expansion,
+    `hourglass_max_features`, `hourglass_num_blocks`).
+    """
+    config = dict(
+        num_regions=num_regions, block_expansion=block_expansion, max_features=max_features, num_bottleneck_blocks=1
+    )
+    for network in ("region", "background", "motion"):
+        config[f"{network}_block_expansion"] = 4
+        config[f"{network}_max_features"] = hourglass_max_features
+        config[f"{network}_num_blocks"] = hourglass_num_blocks
+    return config
+
+
 # The LFG needs 128 px for its 5-block hourglasses at scale 0.25; the bottleneck has 8 · 2² = 32 channels, the
 # source-latent width of the tiny U-Net (and of the official tiny parity fixtures).
-TINY_LFG_CONFIG = dict(
-    num_regions=4,
-    block_expansion=8,
-    max_features=64,
-    num_bottleneck_blocks=1,
-    region_block_expansion=4,
-    region_max_features=32,
-    region_num_blocks=5,
-    background_block_expansion=4,
-    background_max_features=32,
-    background_num_blocks=5,
-    motion_block_expansion=4,
-    motion_max_features=32,
-    motion_num_blocks=5,
-)
+TINY_LFG_CONFIG = tiny_lfg_config()
 
 
 def tiny_unet_config(
@@ -52,44 +61,39 @@ def tiny_unet_config(
     it is conditioned on, `source_latent_channels` that of the LFG latent it reads (the bottleneck of the LFG it runs
     with); `overrides` replace any other entry of the config.
     """
-    config = dict(
-        source_latent_channels=source_latent_channels,
-        face_location_channels=4,
-        face_location_hidden_channels=4,
-        base_channels=8,
-        channel_multipliers=(1, 2),
-        cond_dim=audio_dim + POSE_DIM + BLINK_DIM,
-        attention_heads=2,
-        attention_head_dim=16,
-        spatial_attention_head_dim=8,
-        cross_attention_heads=2,
-        cross_attention_head_dim=8,
-        resnet_groups=4,
-        init_kernel_size=3,
-    )
+    # Inputs, then widths, then attention shapes: two heads everywhere, the temporal ones the widest.
+    config = dict(source_latent_channels=source_latent_channels, audio_dim=audio_dim)
+    config.update(face_location_channels=4, face_location_hidden_channels=4, block_out_channels=(8, 16))
+    config.update(norm_num_groups=4, conv_in_kernel=3)
+    config.update(num_attention_heads=2, attention_head_dim=16, spatial_attention_head_dim=8)
+    config.update(num_cross_attention_heads=2, cross_attention_head_dim=8)
     config.update(overrides)
     return config
 
 
-_TINY_PBNET_COMMON = dict(
-    audio_dim=TINY_AUDIO_DIM,
-    pose_latent_dim=4,
-    audio_latent_dim=4,
-    latent_dim=4,
-    ff_size=16,
-    num_layers=2,
-    num_heads=2,
-    attention_head_dim=8,
-)
+def tiny_pbnet_config(state: str = "pose", audio_dim: int = TINY_AUDIO_DIM, **overrides) -> Dict[str, object]:
+    """
+    Keyword arguments of a tiny [`PBNetModel`] for the head `pose` (6 states) or `blink` (2 eye aspect ratios, used
+    raw: no normalisation range); by default the PBNets of the tiny pipeline. `overrides` replace any other entry.
+    """
+    if state not in ("pose", "blink"):
+        raise ValueError(f"`state` must be 'pose' or 'blink', got {state!r}")
+    config = dict(audio_dim=audio_dim, ff_size=16, num_layers=2, num_heads=2, attention_head_dim=8)
+    config.update(dict.fromkeys(("pose_latent_dim", "audio_latent_dim", "latent_dim"), 4))
+    if state == "pose":
+        config.update(
+            state_dim=6,
+            state_min=[-90.0, -90.0, -90.0, 0.0, 0.0, 0.0],
+            state_max=[90.0, 90.0, 90.0, 1.0, 720.0, 1080.0],
+        )
+    else:
+        config.update(state_dim=2, state_min=None, state_max=None)
+    config.update(overrides)
+    return config
 
-TINY_PBNET_POSE_CONFIG = dict(
-    _TINY_PBNET_COMMON,
-    state_dim=6,
-    state_min=[-90.0, -90.0, -90.0, 0.0, 0.0, 0.0],
-    state_max=[90.0, 90.0, 90.0, 1.0, 720.0, 1080.0],
-)
-# Blink states are eye aspect ratios, used raw (no normalisation range).
-TINY_PBNET_BLINK_CONFIG = dict(_TINY_PBNET_COMMON, state_dim=2, state_min=None, state_max=None)
+
+TINY_PBNET_POSE_CONFIG = tiny_pbnet_config("pose")
+TINY_PBNET_BLINK_CONFIG = tiny_pbnet_config("blink")
 
 
 def tiny_pipeline_components(seed: int = 0) -> Dict[str, object]:

@@ -11,7 +11,7 @@ from typing import Union
 import torch
 
 from ..models.lfg import LFGAutoencoder
-from ..models.unet_3d_flow import BLINK_DIM, POSE_DIM, UNet3DFlowModel
+from ..models.unet_3d_flow import UNet3DFlowModel
 from ..schedulers.scheduling_dawn_ddim import DAWNDDIMScheduler
 
 
@@ -26,11 +26,13 @@ def recipe_lfg(settings: dict) -> LFGAutoencoder:
 
 
 def a2v_unet(lfg: LFGAutoencoder, audio_dim: int, settings: dict) -> UNet3DFlowModel:
-    """The small A2V-FDM U-Net of the recipe (its source-latent width is the LFG bottleneck's), seeded by the recipe."""
+    """
+    The small A2V-FDM U-Net of the recipe (its source-latent width is the LFG bottleneck's), seeded by the recipe.
+    Built with `from_config`, which also reads the U-Net keys of recipes written before they took diffusers' names.
+    """
     torch.manual_seed(settings["seed"])
-    return UNet3DFlowModel(
-        source_latent_channels=lfg.latent_channels, cond_dim=audio_dim + POSE_DIM + BLINK_DIM, **settings["unet"]
-    )
+    config = dict(settings["unet"], source_latent_channels=lfg.latent_channels, audio_dim=audio_dim)
+    return UNet3DFlowModel.from_config(config)
 
 
 def diffusion_lfg(lfg_folder: Union[str, Path], settings: dict) -> LFGAutoencoder:
