@@ -91,11 +91,13 @@ def build_demo(session: Optional[DemoSession] = None, models: Optional[Sequence[
             )  # fmt: skip
         except (DemoInputError, *user_errors) as error:
             raise _page_error(error) from None
+        # The summary is written from the number the page shows, so the two never disagree in the last digit.
+        seconds = round(result.seconds, 2)
         summary = (
-            f"Generated in {result.seconds:.1f} s with {int(steps)} steps: {result.num_frames} frames at "
+            f"Generated in {seconds:.1f} s with {int(steps)} steps: {result.num_frames} frames at "
             f"{result.fps:g} fps ({result.num_frames / result.fps:.2f} s)"
         )
-        return result.video, round(result.seconds, 2), summary
+        return result.video, seconds, summary
 
     full_frame_available = supports_full_frame()
     with gr.Blocks(title="DAWN talking head", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
