@@ -13,7 +13,12 @@ from safetensors import safe_open
 from diffusers_dawn import DAWNPipeline
 from diffusers_dawn.loaders.lora import LORA_TARGET_SUFFIXES, lora_target_modules
 from diffusers_dawn.models.unet_3d_flow import UNet3DFlowModel
-from diffusers_dawn.testing.tiny_pipeline import tiny_pipeline_components
+from diffusers_dawn.testing.tiny_pipeline import (
+    MEASURED_SOURCE_POSE,
+    measured_inputs,
+    tiny_pipeline,
+    tiny_pipeline_components,
+)
 from diffusers_dawn.training.a2v_trainer import a2v_loss
 
 from _a2v_utils import one_thread, single_thread  # noqa: F401  (autouse fixture)
@@ -64,21 +69,15 @@ def adapter_dir(tmp_path_factory):
 
 @pytest.fixture
 def pipe():
-    pipeline = DAWNPipeline(**tiny_pipeline_components())
+    pipeline = tiny_pipeline()
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
 
 def generate(pipe, frames=4, **kwargs):
-    audio_dim = pipe.unet.audio_dim
     return pipe(
-        image=torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(3)),
-        crop="none",
-        face_box=[40, 90, 30, 100, 128, 128],
-        source_pose=[1.0, -2.0, 0.5, 4.8e-4, 56.0, 65.0],
-        source_blink=[0.3, 0.28],
-        audio_features=torch.randn(frames, audio_dim, generator=torch.Generator().manual_seed(4)),
-        pose=np.zeros((frames, 6)) + [1.0, -2.0, 0.5, 4.8e-4, 56.0, 65.0],
+        **measured_inputs(pipe.unet.audio_dim, frames),
+        pose=np.zeros((frames, 6)) + MEASURED_SOURCE_POSE,
         blink=np.full((frames, 2), 0.3),
         num_inference_steps=2,
         generator=torch.Generator().manual_seed(0),

@@ -15,7 +15,7 @@ from diffusers.utils import logging as diffusers_logging
 from safetensors.torch import load_file
 
 from diffusers_dawn import DAWNPipeline
-from diffusers_dawn.testing.tiny_pipeline import tiny_pipeline_components
+from diffusers_dawn.testing.tiny_pipeline import measured_inputs, tiny_pipeline, tiny_pipeline_components
 
 
 SAMPLING_RATE = 22050
@@ -38,23 +38,15 @@ def portrait():
 
 @pytest.fixture(scope="module")
 def pipe():
-    pipeline = DAWNPipeline(**tiny_pipeline_components())
+    pipeline = tiny_pipeline()
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
 
 def conditioned_call(pipe, frames=6, **kwargs):
     """A call that bypasses face analysis and HuBERT: everything measured is given."""
-    audio_dim = pipe.unet.audio_dim
     arguments = dict(
-        image=torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(3)),
-        crop="none",
-        face_box=[40, 90, 30, 100, 128, 128],
-        source_pose=[1.0, -2.0, 0.5, 4.8e-4, 56.0, 65.0],
-        source_blink=[0.3, 0.28],
-        audio_features=torch.randn(frames, audio_dim, generator=torch.Generator().manual_seed(4)),
-        num_inference_steps=3,
-        generator=torch.Generator().manual_seed(0),
+        measured_inputs(pipe.unet.audio_dim, frames), num_inference_steps=3, generator=torch.Generator().manual_seed(0)
     )
     arguments.update(kwargs)
     return pipe(**arguments)

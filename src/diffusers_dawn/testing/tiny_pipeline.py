@@ -120,6 +120,26 @@ def tiny_pipeline_components(seed: int = 0) -> Dict[str, object]:
     )
 
 
+# The face measurements of `measured_inputs`' image, in the official units (yaw, pitch, roll, scale, tx, ty).
+MEASURED_SOURCE_POSE = (1.0, -2.0, 0.5, 4.8e-4, 56.0, 65.0)
+
+
+def measured_inputs(audio_dim: int, num_frames: int) -> Dict[str, object]:
+    """
+    `DAWNPipeline` keyword arguments that skip face analysis and the speech encoder: a seeded random 128 px image used
+    uncropped with its face box, source pose and eye ratios, and seeded random speech features for `num_frames`
+    frames. Tests add the sampling arguments they need.
+    """
+    return dict(
+        image=torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(3)),
+        crop="none",
+        face_box=[40, 90, 30, 100, 128, 128],
+        source_pose=list(MEASURED_SOURCE_POSE),
+        source_blink=[0.3, 0.28],
+        audio_features=torch.randn(num_frames, audio_dim, generator=torch.Generator().manual_seed(4)),
+    )
+
+
 def tiny_pipeline(seed: int = 0):
     """A ready [`DAWNPipeline`] built from [`tiny_pipeline_components`]."""
     from ..pipelines.pipeline_dawn import DAWNPipeline
