@@ -18,6 +18,9 @@ from typing import Any, Optional, Sequence
 logger = logging.getLogger(__name__)
 
 SHARED_GROUP = "training (shared by all DAWN scripts)"
+# `--help` groups that every model's training has under the same name.
+OBJECTIVE_GROUP = "objective"
+VALIDATION_GROUP = "validation"
 
 
 def option(default: Any = MISSING, *, help: Optional[str] = None, group: str = SHARED_GROUP,

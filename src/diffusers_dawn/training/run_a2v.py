@@ -40,7 +40,7 @@ from .accelerate_utils import (
     run_training,
     total_train_steps,
 )
-from .config import TrainingConfig, option
+from .config import OBJECTIVE_GROUP, VALIDATION_GROUP, TrainingConfig, option
 
 
 logger = logging.getLogger(__name__)
@@ -49,9 +49,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = {1: 20, 2: 40}
 UNET_FOLDER = "unet"
 DATA = "data and models"
-OBJECTIVE = "objective"
 OPTIMISATION = "optimisation (A2V-FDM)"
-VALIDATION = "validation"
 
 
 @dataclass(kw_only=True)
@@ -80,11 +78,11 @@ class A2VTrainingConfig(TrainingConfig):
         help="Keep the frozen LFG's motion targets of seen (reference, frame) pairs in memory up to this size, so "
         "each pair is estimated once, not at every visit (0 disables).",
     )
-    null_condition_probability: float = option(NULL_CONDITION_PROBABILITY, group=OBJECTIVE)
-    lip_loss_weight: float = option(LIP_LOSS_WEIGHT, group=OBJECTIVE)
-    flow_loss_weight: float = option(FLOW_LOSS_WEIGHT, group=OBJECTIVE)
+    null_condition_probability: float = option(NULL_CONDITION_PROBABILITY, group=OBJECTIVE_GROUP)
+    lip_loss_weight: float = option(LIP_LOSS_WEIGHT, group=OBJECTIVE_GROUP)
+    flow_loss_weight: float = option(FLOW_LOSS_WEIGHT, group=OBJECTIVE_GROUP)
     skip_nan_gradients: Optional[bool] = option(
-        None, group=OBJECTIVE,
+        None, group=OBJECTIVE_GROUP,
         help="Skip updates whose gradients are not finite (default: on in stage 2, as the official stage-2 script).",
     )
     adam_beta1: float = option(0.9, group=OPTIMISATION)
@@ -93,9 +91,9 @@ class A2VTrainingConfig(TrainingConfig):
     adam_epsilon: float = option(1e-8, group=OPTIMISATION)
     lr_min: float = option(1e-6, group=OPTIMISATION, help="End of the cosine schedule.")
     max_grad_norm: float = option(2.0, group=OPTIMISATION)
-    validation_video_index: int = option(0, group=VALIDATION)
-    validation_frames: int = option(50, group=VALIDATION)
-    validation_inference_steps: int = option(20, group=VALIDATION)
+    validation_video_index: int = option(0, group=VALIDATION_GROUP)
+    validation_frames: int = option(50, group=VALIDATION_GROUP)
+    validation_inference_steps: int = option(20, group=VALIDATION_GROUP)
     learning_rate: float = option(2e-4)
     train_batch_size: Optional[int] = option(None, help="Batch size per device.")
     num_train_epochs: int = option(12500)

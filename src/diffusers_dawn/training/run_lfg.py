@@ -29,7 +29,7 @@ from .accelerate_utils import (
     save_final_model,
     total_train_steps,
 )
-from .config import TrainingConfig, option
+from .config import OBJECTIVE_GROUP, VALIDATION_GROUP, TrainingConfig, option
 from .dataset import decode_frame, keep_frames_encoded, load_dawn_dataset
 from .lfg_trainer import (
     EQUIVARIANCE_AFFINE_WEIGHT,
@@ -50,9 +50,7 @@ from .lfg_trainer import (
 logger = logging.getLogger(__name__)
 MODEL_FOLDER = "lfg"
 DATA = "data and model"
-OBJECTIVE = "objective"
 OPTIMISATION = "optimisation (LFG)"
-VALIDATION = "validation"
 
 
 @dataclass(kw_only=True)
@@ -69,25 +67,27 @@ class LFGTrainingConfig(TrainingConfig):
     lfg_config: Optional[str] = option(None, group=DATA, help="JSON file of LFGAutoencoder arguments (new model).")
     num_repeats: int = option(100, group=DATA, help="Passes over the videos per epoch (official 100).")
     no_augment: bool = option(False, group=DATA, help="No flips / colour jitter.")
-    vgg_weights: Optional[str] = option(None, group=OBJECTIVE, help="torchvision vgg19 state dict (.pth/.safetensors).")
-    perceptual_scales: List[float] = option(group=OBJECTIVE, default_factory=lambda: list(PERCEPTUAL_SCALES))
-    equivariance_shift_weight: float = option(EQUIVARIANCE_SHIFT_WEIGHT, group=OBJECTIVE)
-    equivariance_affine_weight: float = option(EQUIVARIANCE_AFFINE_WEIGHT, group=OBJECTIVE)
-    sigma_affine: float = option(SIGMA_AFFINE, group=OBJECTIVE)
-    sigma_tps: float = option(SIGMA_TPS, group=OBJECTIVE)
-    pixel_loss_weight: float = option(0.0, group=OBJECTIVE, help="Weight of a pixel L1 loss (0: off).")
+    vgg_weights: Optional[str] = option(
+        None, group=OBJECTIVE_GROUP, help="torchvision vgg19 state dict (.pth/.safetensors)."
+    )
+    perceptual_scales: List[float] = option(group=OBJECTIVE_GROUP, default_factory=lambda: list(PERCEPTUAL_SCALES))
+    equivariance_shift_weight: float = option(EQUIVARIANCE_SHIFT_WEIGHT, group=OBJECTIVE_GROUP)
+    equivariance_affine_weight: float = option(EQUIVARIANCE_AFFINE_WEIGHT, group=OBJECTIVE_GROUP)
+    sigma_affine: float = option(SIGMA_AFFINE, group=OBJECTIVE_GROUP)
+    sigma_tps: float = option(SIGMA_TPS, group=OBJECTIVE_GROUP)
+    pixel_loss_weight: float = option(0.0, group=OBJECTIVE_GROUP, help="Weight of a pixel L1 loss (0: off).")
     lip_loss_weight: float = option(
-        0.0, group=OBJECTIVE,
+        0.0, group=OBJECTIVE_GROUP,
         help="Weight of an L1 loss inside the driving frame's lip box (0: off; needs `lip_box`).",
     )
-    lip_box_margin: float = option(LIP_BOX_MARGIN, group=OBJECTIVE,
+    lip_box_margin: float = option(LIP_BOX_MARGIN, group=OBJECTIVE_GROUP,
                                    help="Lip box enlarged on each side by this fraction of its height.")
     adam_beta1: float = option(0.5, group=OPTIMISATION)
     adam_beta2: float = option(0.999, group=OPTIMISATION)
     lr_min: float = option(2e-6, group=OPTIMISATION, help="End of the cosine schedule.")
     max_grad_norm: Optional[float] = option(None, group=OPTIMISATION, help="Off by default, as officially.")
-    validation_video_index: int = option(0, group=VALIDATION)
-    validation_frames: int = option(25, group=VALIDATION)
+    validation_video_index: int = option(0, group=VALIDATION_GROUP)
+    validation_frames: int = option(25, group=VALIDATION_GROUP)
     learning_rate: float = option(4e-4)
     train_batch_size: Optional[int] = option(82, help="Batch size per device.")
     num_train_epochs: int = option(1000)

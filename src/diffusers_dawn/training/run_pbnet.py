@@ -31,7 +31,7 @@ from .accelerate_utils import (
     save_final_model,
     total_train_steps,
 )
-from .config import TrainingConfig, option
+from .config import OBJECTIVE_GROUP, VALIDATION_GROUP, TrainingConfig, option
 from .dataset import load_dawn_dataset
 from .pbnet_trainer import (
     ADVERSARIAL_UPDATES,
@@ -53,9 +53,7 @@ from .pbnet_trainer import (
 logger = logging.getLogger(__name__)
 DISCRIMINATOR_FOLDER = "discriminator"
 DATA = "data and model"
-OBJECTIVE = "objective"
 OPTIMISATION = "optimisation (PBNet)"
-VALIDATION = "validation"
 
 
 @dataclass(kw_only=True)
@@ -70,14 +68,14 @@ class PBNetTrainingConfig(TrainingConfig):
     )
     pbnet_config: Optional[str] = option(None, group=DATA, help="JSON file of PBNetModel arguments (new model).")
     window_frames: int = option(WINDOW_FRAMES, group=DATA, help="Longest training sequence.")
-    kl_schedule: str = option("official", group=OBJECTIVE, choices=KL_SCHEDULES)
-    kl_lambda: float = option(KL_LAMBDA, group=OBJECTIVE)
-    kl_start_epoch: int = option(KL_START_EPOCH, group=OBJECTIVE)
-    kl_ramp_epochs: int = option(KL_RAMP_EPOCHS, group=OBJECTIVE)
-    adversarial_weight: float = option(1.0, group=OBJECTIVE, help="0 trains without discriminator.")
-    adversarial_update: str = option("official", group=OBJECTIVE, choices=ADVERSARIAL_UPDATES)
+    kl_schedule: str = option("official", group=OBJECTIVE_GROUP, choices=KL_SCHEDULES)
+    kl_lambda: float = option(KL_LAMBDA, group=OBJECTIVE_GROUP)
+    kl_start_epoch: int = option(KL_START_EPOCH, group=OBJECTIVE_GROUP)
+    kl_ramp_epochs: int = option(KL_RAMP_EPOCHS, group=OBJECTIVE_GROUP)
+    adversarial_weight: float = option(1.0, group=OBJECTIVE_GROUP, help="0 trains without discriminator.")
+    adversarial_update: str = option("official", group=OBJECTIVE_GROUP, choices=ADVERSARIAL_UPDATES)
     fit_latent_prior: bool = option(
-        False, group=OBJECTIVE,
+        False, group=OBJECTIVE_GROUP,
         help="After training, fit a Gaussian prior (mean, covariance, per-channel AR(1) correlation) to the posterior "
         "means and save it in the config, so sampling draws latents like those the decoder was trained on (for "
         "motion that does not follow the speech; the official sampler draws i.i.d. N(0, I)).",
@@ -86,7 +84,7 @@ class PBNetTrainingConfig(TrainingConfig):
     adam_weight_decay: float = option(1e-2, group=OPTIMISATION, help="AdamW default, as officially.")
     lr_min: float = option(2e-5, group=OPTIMISATION, help="End of the cosine schedule.")
     max_grad_norm: Optional[float] = option(2.0, group=OPTIMISATION, help="Clipping of PBNet's gradients.")
-    validation_video_index: int = option(0, group=VALIDATION)
+    validation_video_index: int = option(0, group=VALIDATION_GROUP)
     learning_rate: float = option(4e-4)
     train_batch_size: Optional[int] = option(40, help="Batch size per device.")
     num_train_epochs: int = option(100000)

@@ -57,7 +57,7 @@ def build_config_parser(config_class: type, description: Optional[str] = None,
             options["type"] = typing.get_args(annotation)[0]
         elif annotation is not str:
             options["type"] = annotation
-        group.add_argument(f"--{item.name}", *item.metadata.get("aliases", ()), **options)
+        group.add_argument(f"--{item.name}", **options)
     return parser
 
 
