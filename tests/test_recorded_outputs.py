@@ -32,11 +32,19 @@ def demo_outputs() -> dict:
     pipe.set_progress_bar_config(disable=True)
     image, audio = embedded_demo_inputs(DEMO)
     speech = load_audio(audio)[: NUM_FRAMES * SAMPLES_PER_FRAME]
-    common = dict(image=image, audio=speech, sampling_rate=16000, num_inference_steps=3)
-    latent = pipe(**common, output_type="latent", generator=torch.Generator().manual_seed(0))
-    video = pipe(**common, output_type="np", generator=torch.Generator().manual_seed(0))
+    final = {}
+
+    def keep_latents(pipeline, step, timestep, tensors):
+        # The latents after the last step are the ones decoded: one call gives both latents and frames.
+        final["latents"] = tensors["latents"].clone()
+        return tensors
+
+    video = pipe(
+        image=image, audio=speech, sampling_rate=16000, num_inference_steps=3,
+        generator=torch.Generator().manual_seed(0), callback_on_step_end=keep_latents,
+    )  # fmt: skip
     return {
-        "motion_latents": np.ascontiguousarray(latent.frames, dtype=np.float32),
+        "motion_latents": np.ascontiguousarray(final["latents"], dtype=np.float32),
         "pose": np.ascontiguousarray(video.pose, dtype=np.float32),
         "blink": np.ascontiguousarray(video.blink, dtype=np.float32),
         "frames": np.ascontiguousarray(video.frames, dtype=np.float32),
