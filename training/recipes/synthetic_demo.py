@@ -29,13 +29,11 @@ import torch
 from diffusers_dawn import DAWNPipeline, PBNetModel, UNet3DFlowModel
 from diffusers_dawn.testing.synthetic import write_synthetic_dataset
 from diffusers_dawn.testing.tiny_hubert import build_tiny_hubert
-from diffusers_dawn.training.config import SHARED_GROUP
 from diffusers_dawn.training.dataset import PreprocessingSettings, load_dawn_dataset, preprocess_videos
 from diffusers_dawn.training.run_a2v import A2VTrainingConfig, train_a2v
 from diffusers_dawn.training.run_lfg import LFGTrainingConfig, train_lfg
 from diffusers_dawn.training.run_pbnet import PBNetTrainingConfig, train_pbnet
 from diffusers_dawn.training.synthetic_demo import a2v_unet, diffusion_lfg, load_settings, recipe_scheduler
-from diffusers_dawn.utils.config_cli import parse_config
 
 
 HERE = Path(__file__).resolve().parent
@@ -43,23 +41,15 @@ DEFAULT_RECIPE = HERE / "synthetic_demo.json"
 STAGES = ("data", "lfg", "pose", "blink", "a2v-stage1", "a2v-stage2", "pipeline")
 
 
-def training_config(config_class, arguments):
-    """A stage's training config from its command-line arguments (as `training/train_*.py` would read them)."""
-    return parse_config(config_class, arguments, last_group=SHARED_GROUP)
-
-
 def stage_done(folder: Path, model_folder: str) -> bool:
     return (folder / model_folder / "config.json").is_file()
 
 
-def common_arguments(settings: dict, stage_settings: dict):
+def run_settings(settings: dict, stage_settings: dict) -> dict:
     """Seed, resumable checkpoints and the step budget (with the LR schedule's length when it is longer)."""
-    arguments = ["--seed", str(settings["seed"]), "--checkpointing_steps", str(settings["checkpointing_steps"]),
-                 "--checkpoints_total_limit", "2", "--resume_from_checkpoint", "latest",
-                 "--max_train_steps", str(stage_settings["steps"])]
-    if stage_settings.get("lr_schedule_steps"):
-        arguments += ["--lr_schedule_steps", str(stage_settings["lr_schedule_steps"])]
-    return arguments
+    return dict(seed=settings["seed"], checkpointing_steps=settings["checkpointing_steps"], checkpoints_total_limit=2,
+                resume_from_checkpoint="latest", max_train_steps=stage_settings["steps"],
+                lr_schedule_steps=stage_settings.get("lr_schedule_steps"))
 
 
 def run_data(out: Path, settings: dict) -> None:
@@ -76,24 +66,23 @@ def run_data(out: Path, settings: dict) -> None:
 def run_lfg(out: Path, dataset: str, settings: dict) -> None:
     (out / "lfg.json").write_text(json.dumps(settings["lfg_config"]))
     lfg = settings["lfg"]
-    train_lfg(training_config(LFGTrainingConfig, [
-        "--dataset_name_or_path", dataset, "--output_dir", str(out / "lfg"), "--lfg_config", str(out / "lfg.json"),
-        "--train_batch_size", str(lfg["batch_size"]),
-        "--learning_rate", str(lfg["learning_rate"]), "--pixel_loss_weight", str(lfg["pixel_loss_weight"]),
-        "--lip_loss_weight", str(lfg["lip_loss_weight"]),
-        "--perceptual_scales", *[str(scale) for scale in lfg["perceptual_scales"]], *common_arguments(settings, lfg),
-    ]))  # fmt: skip
+    train_lfg(LFGTrainingConfig(
+        dataset_name_or_path=dataset, output_dir=str(out / "lfg"), lfg_config=str(out / "lfg.json"),
+        train_batch_size=lfg["batch_size"], learning_rate=lfg["learning_rate"],
+        pixel_loss_weight=lfg["pixel_loss_weight"], lip_loss_weight=lfg["lip_loss_weight"],
+        perceptual_scales=list(lfg["perceptual_scales"]), **run_settings(settings, lfg),
+    ))
 
 
 def run_pbnet(out: Path, dataset: str, state: str, settings: dict, audio_dim: int) -> None:
     config = dict(settings["pbnet_config"][state], audio_dim=audio_dim)
     (out / f"pbnet_{state}.json").write_text(json.dumps(config))
     pbnet = settings["pbnet"]
-    train_pbnet(training_config(PBNetTrainingConfig, [
-        "--state", state, "--dataset_name_or_path", dataset, "--output_dir", str(out / state),
-        "--pbnet_config", str(out / f"pbnet_{state}.json"), "--train_batch_size", str(pbnet["batch_size"]),
-        "--window_frames", str(settings["frames"]), *pbnet["arguments"], *common_arguments(settings, pbnet),
-    ]))  # fmt: skip
+    train_pbnet(PBNetTrainingConfig(
+        state=state, dataset_name_or_path=dataset, output_dir=str(out / state),
+        pbnet_config=str(out / f"pbnet_{state}.json"), train_batch_size=pbnet["batch_size"],
+        window_frames=settings["frames"], fit_latent_prior=pbnet["fit_latent_prior"], **run_settings(settings, pbnet),
+    ))
 
 
 def run_a2v(out: Path, dataset: str, stage: int, settings: dict, audio_dim: int) -> None:
@@ -105,16 +94,13 @@ def run_a2v(out: Path, dataset: str, stage: int, settings: dict, audio_dim: int)
         recipe_scheduler(settings).save_pretrained(base / "scheduler")
         a2v_unet(lfg, audio_dim, settings).save_pretrained(base / "unet")
     a2v = settings[f"a2v_stage{stage}"]
-    arguments = [
-        "--stage", str(stage), "--pretrained_model_name_or_path", str(base), "--dataset_name_or_path", dataset,
-        "--output_dir", str(out / f"a2v-stage{stage}"),
-        "--train_batch_size", str(a2v["batch_size"]), "--clips_per_video", str(a2v["clips_per_video"]),
-        "--learning_rate", str(a2v["learning_rate"]), "--lip_loss_weight", str(a2v["lip_loss_weight"]),
-        "--flow_loss_weight", str(a2v["flow_loss_weight"]), *common_arguments(settings, a2v),
-    ]  # fmt: skip
-    if stage == 2:
-        arguments += ["--init_from", str(out / "a2v-stage1")]
-    train_a2v(training_config(A2VTrainingConfig, arguments))
+    train_a2v(A2VTrainingConfig(
+        stage=stage, pretrained_model_name_or_path=str(base), dataset_name_or_path=dataset,
+        output_dir=str(out / f"a2v-stage{stage}"), init_from=str(out / "a2v-stage1") if stage == 2 else None,
+        train_batch_size=a2v["batch_size"], clips_per_video=a2v["clips_per_video"],
+        learning_rate=a2v["learning_rate"], lip_loss_weight=a2v["lip_loss_weight"],
+        flow_loss_weight=a2v["flow_loss_weight"], **run_settings(settings, a2v),
+    ))
 
 
 def face_crop_scale(dataset) -> float:

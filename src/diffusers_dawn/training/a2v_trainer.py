@@ -393,23 +393,6 @@ def drop_conditions(
     return conditions * keep.unsqueeze(-1)
 
 
-def predict_original_sample(
-    alphas_cumprod: torch.Tensor, noisy_sample: torch.Tensor, noise_pred: torch.Tensor, timesteps: torch.Tensor
-) -> torch.Tensor:
-    r"""
-    x̂₀ = sqrt(1/ᾱ_t)·x_t − sqrt(1/ᾱ_t − 1)·ε̂ per sample, in float32, with the coefficients computed from the float32
-    `alphas_cumprod` of any diffusers scheduler.
-
-    This is the training form of the formula, kept apart from `DAWNDDIMScheduler.predict_original_sample` on purpose:
-    the sampler reads its coefficients from tables computed in float64 (as the official sampler does), which differ
-    from these in the last float32 bits at about half of the timesteps. The trained models (the shipped demo
-    model among them) were trained with this form, and a training run must reproduce them bit for bit.
-    """
-    alpha_bar = alphas_cumprod.to(noisy_sample.device, torch.float32)[timesteps.long()]
-    alpha_bar = alpha_bar.view(-1, *([1] * (noisy_sample.ndim - 1)))
-    return (1.0 / alpha_bar).sqrt() * noisy_sample.float() - (1.0 / alpha_bar - 1.0).sqrt() * noise_pred.float()
-
-
 def lip_weighted_loss(squared_error: torch.Tensor, mouth_mask: torch.Tensor) -> torch.Tensor:
     r"""
     Official "mouth loss": Σ(squared error · mouth mask) / Σ(mouth mask), the mask broadcast over the channels, so the
@@ -466,8 +449,8 @@ def a2v_loss(
 
     Args:
         unet ([`UNet3DFlowModel`]): The denoiser being trained.
-        noise_scheduler: A diffusers scheduler with `add_noise`, `alphas_cumprod` and `config.num_train_timesteps`
-            ([`DAWNDDIMScheduler`] carries DAWN's training schedule).
+        noise_scheduler ([`DAWNDDIMScheduler`]): DAWN's training schedule; its `add_noise`, `predict_original_sample`
+            and `threshold_sample` are the ones the sampler uses.
         motion_target (`torch.Tensor` of shape `(batch, 3, frames, L, L)`): x₀ from [`compute_motion_target`].
         conditions (`torch.Tensor` of shape `(batch, frames, cond_dim)`): Per-frame conditions.
         source_latent (`torch.Tensor` of shape `(batch, C, L, L)`): LFG latent of the reference frame.
@@ -478,6 +461,12 @@ def a2v_loss(
         generator (`torch.Generator`, *optional*): Source of t, ε and the dropout (the global RNG when `None`, which
             `accelerator.save_state` checkpoints).
     """
+    if not hasattr(noise_scheduler, "threshold_sample"):
+        # x̂₀ and its thresholding must be the sampler's own; other schedulers' rules differ from DAWN's.
+        raise TypeError(
+            f"the A2V-FDM objective needs DAWNDDIMScheduler (DAWN's schedule and dynamic thresholding), got "
+            f"{type(noise_scheduler).__name__}; load the model folder's `scheduler` with DAWNDDIMScheduler"
+        )
     batch = motion_target.shape[0]
     device = motion_target.device
     random_device = generator.device if generator is not None else device
@@ -500,15 +489,10 @@ def a2v_loss(
     squared_error = (noise_pred - noise.float()) ** 2
     simple = squared_error.mean()
     lip = lip_weighted_loss(squared_error, mouth_mask)
-    predicted_original = predict_original_sample(noise_scheduler.alphas_cumprod, noisy_sample, noise_pred, timesteps)
-    # Threshold x̂₀ as the sampler will, with the scheduler's own rule and settings (DAWN's scheduler thresholds by
-    # default; a scaled relative motion latent must not).
-    if getattr(noise_scheduler.config, "thresholding", False):
-        if not hasattr(noise_scheduler, "threshold_sample"):
-            raise ValueError(
-                f"{type(noise_scheduler).__name__} has thresholding on but no DAWN dynamic thresholding; train with "
-                "DAWNDDIMScheduler or turn thresholding off in the scheduler config"
-            )
+    # x̂₀ with the sampler's own coefficients, thresholded as the sampler will (DAWN's scheduler thresholds by default;
+    # a scaled relative motion latent must not).
+    predicted_original = noise_scheduler.predict_original_sample(noise_pred, timesteps, noisy_sample)
+    if noise_scheduler.config.thresholding:
         predicted_original = noise_scheduler.threshold_sample(predicted_original)
     flow = flow_loss(predicted_original, motion_target)
     total = simple + lip_loss_weight * lip + flow_loss_weight * flow
