@@ -2,8 +2,9 @@
 Can a latent flow generator (LFG) carry the lips? Reconstruction of held-out procedural talking faces.
 
     python benchmarks/lfg_reconstruction.py --model DIR [--clips 4] [--frames 100] [--json]
+    python benchmarks/lfg_reconstruction.py --model synthetic-demo --json
 
-`--model` is a pipeline folder (its `lfg` is used) or an `LFGAutoencoder` folder. Each held-out clip of
+`--model` is a pipeline folder (its `lfg` is used), an embedded model's name or an `LFGAutoencoder` folder. Each held-out clip of
 `generate_synthetic_clip` (seeds from 100000, at the LFG's resolution) is reconstructed frame by frame with the
 clip's first frame as the source and every frame as the driving frame — the motion the A2V-FDM is trained to produce.
 Ground-truth and reconstructed frames are measured the same way as in `benchmarks/synthetic_lipsync.py` (MediaPipe
@@ -27,6 +28,9 @@ from diffusers_dawn.testing.synthetic import generate_synthetic_clip
 
 
 def load_lfg(path: str) -> LFGAutoencoder:
+    from diffusers_dawn.embedded import EMBEDDED_MODELS, embedded_model_path
+
+    path = embedded_model_path(path) if path in EMBEDDED_MODELS else path
     folder = Path(path)
     subfolder = "lfg" if (folder / "lfg" / "config.json").is_file() else None
     return LFGAutoencoder.from_pretrained(path, subfolder=subfolder).eval()
@@ -47,7 +51,7 @@ def reconstruct(lfg: LFGAutoencoder, frames: np.ndarray, batch_size: int = 16) -
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="pipeline folder or LFGAutoencoder folder")
+    parser.add_argument("--model", required=True, help="pipeline folder, embedded model name or LFGAutoencoder folder")
     parser.add_argument("--clips", type=int, default=4)
     parser.add_argument("--frames", type=int, default=100)
     parser.add_argument("--resolution", type=int, default=64, help="side of the held-out clips (the LFG's training size)")

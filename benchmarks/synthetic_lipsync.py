@@ -2,12 +2,15 @@
 Lip sync, head motion and blinks of a DAWN pipeline on held-out procedural talking faces with known ground truth.
 
     python benchmarks/synthetic_lipsync.py --model DIR_OR_HUB_ID [--clips 4] [--frames 100] [--steps 20] --json
+    python benchmarks/synthetic_lipsync.py --model synthetic-demo --first-seed 300000 --clips 8 --guidance-scale 1.5
     python benchmarks/synthetic_lipsync.py --model tiny-random      # the random-weight baseline
 
 Each clip comes from `diffusers_dawn.testing.synthetic.generate_synthetic_clip` with seeds from `--first-seed`
 (100000 by default, far from the seeds a training set written with `write_synthetic_dataset` uses). The pipeline gets
 the clip's first frame (with its drawn landmarks, so no detection is involved there) and its speech; pose and blinks
-come from the pipeline's PBNets. The ground-truth frames and the generated frames are then measured **the same
+come from the pipeline's PBNets; the classifier-free guidance is the pipeline config's (the model's recommendation)
+unless `--guidance-scale` is given. Choose settings on other seeds (e.g. `--first-seed 300000`), not on the clips that
+score the model. The ground-truth frames and the generated frames are then measured **the same
 way**, with the MediaPipe face mesh (`FaceAnalyzer(backend="mediapipe")`):
 
 - mouth opening: inner-lip gap (landmarks 62-66) divided by the face-box height;
@@ -48,6 +51,8 @@ def main(argv=None) -> int:
     parser.add_argument("--clips", type=int, default=4)
     parser.add_argument("--frames", type=int, default=100)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--guidance-scale", type=float, default=None,
+                        help="classifier-free guidance (default: the pipeline config's, the model's own)")
     parser.add_argument("--first-seed", type=int, default=HELD_OUT_FIRST_SEED)
     parser.add_argument("--shuffle-audio", action="store_true",
                         help="animate each clip with the next clip's speech (scored against its own truth: a control)")
@@ -77,6 +82,7 @@ def main(argv=None) -> int:
             sampling_rate=clip.sampling_rate,
             crop="none",
             num_inference_steps=args.steps,
+            guidance_scale=args.guidance_scale,
             generator=torch.Generator().manual_seed(args.seed + index),
         )
         generated = (result.frames[0] * 255).astype(np.uint8)
@@ -98,6 +104,7 @@ def main(argv=None) -> int:
         "clips": args.clips,
         "frames_per_clip": args.frames,
         "steps": args.steps,
+        "guidance_scale": pipe.config.guidance_scale if args.guidance_scale is None else args.guidance_scale,
         "mouth_correlation": round(correlation, 4),
         "shuffle_audio": args.shuffle_audio,
         "frames_measured": measured,

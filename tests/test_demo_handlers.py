@@ -87,6 +87,21 @@ def test_bad_settings_are_refused_before_any_model_loads(tmp_path):
     assert session._pipelines == {}
 
 
+
+def test_the_guidance_shown_is_each_models_own_read_without_loading_it(tmp_path):
+    import json
+    from pathlib import Path
+
+    from diffusers_dawn.embedded import embedded_model_path
+
+    session = DemoSession(["synthetic-demo", RANDOM_DEMO_MODEL], device="cpu", output_dir=str(tmp_path))
+    recorded = json.loads((Path(embedded_model_path("synthetic-demo")) / "model_index.json").read_text())
+    assert session.recommended_guidance("synthetic-demo") == recorded["guidance_scale"] > 1.0
+    assert session.recommended_guidance(RANDOM_DEMO_MODEL) == 1.0
+    with pytest.raises(DemoInputError, match="is not offered here"):
+        session.recommended_guidance("/etc")
+    assert session._pipelines == {}
+
 def test_face_crop_is_the_square_the_pipeline_animates_and_no_face_is_explained(session, tmp_path):
     pipe = session.pipeline(RANDOM_DEMO_MODEL)
     assert session.pipeline(RANDOM_DEMO_MODEL) is pipe  # loaded once

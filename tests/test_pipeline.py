@@ -201,6 +201,24 @@ def test_classifier_free_guidance_is_uncond_plus_scale_times_the_difference(pipe
     torch.testing.assert_close(scheduler_outputs[0], uncond + scale * (cond - uncond), atol=1e-5, rtol=1e-5)
 
 
+
+def test_guidance_defaults_to_the_pipeline_config_and_survives_save_and_load(pipe, tmp_path):
+    """A model folder can recommend a guidance scale: a call that gives none uses it; an explicit one wins."""
+    assert pipe.config.guidance_scale == 1.0  # off unless the model says otherwise, as the official sampler
+    guided = DAWNPipeline(**pipe.components, resolution=pipe.config.resolution, guidance_scale=2.0)
+    guided.set_progress_bar_config(disable=True)
+    guided.save_pretrained(tmp_path)
+    reloaded = DAWNPipeline.from_pretrained(tmp_path)
+    reloaded.set_progress_bar_config(disable=True)
+    assert reloaded.config.guidance_scale == 2.0
+    by_default = conditioned_call(reloaded, output_type="latent").frames
+    torch.testing.assert_close(by_default, conditioned_call(pipe, output_type="latent", guidance_scale=2.0).frames)
+    unguided = conditioned_call(reloaded, output_type="latent", guidance_scale=1.0).frames
+    torch.testing.assert_close(unguided, conditioned_call(pipe, output_type="latent").frames)
+    assert (by_default - unguided).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="guidance_scale must be >= 1"):
+        DAWNPipeline(**pipe.components, guidance_scale=0.5)
+
 def test_mismatched_pose_length_is_refused(pipe):
     with pytest.raises(ValueError, match="pose has 5 frames but the speech lasts 6 frames"):
         conditioned_call(pipe, pose=np.zeros((5, 6)))

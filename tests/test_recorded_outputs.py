@@ -1,7 +1,7 @@
 """
-The shipped demo model gives the outputs recorded before the codebase refactor (issue: one source of truth).
+The shipped demo model gives the outputs recorded when it was shipped, so that refactors cannot change its numbers.
 
-The recording is made by this module itself, from the repository's own code at the commit that added it:
+The recording is made by this module itself, from the repository's own code at the commit that shipped the model:
 
     python tests/test_recorded_outputs.py --record
 

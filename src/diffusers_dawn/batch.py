@@ -37,7 +37,7 @@ class RenderSettings:
 
     seed: int = 0
     steps: int = 20
-    guidance_scale: float = 1.0
+    guidance_scale: Optional[float] = None  # None: the model's own (its pipeline config)
     pose_from: Optional[str] = None
     full_frame: bool = False
     feather: float = 0.1

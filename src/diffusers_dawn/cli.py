@@ -447,7 +447,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the face is in the portrait (pixels: left, top, right, bottom), when it is not found on its own",
     )
     generate.add_argument(
-        "--guidance-scale", type=float, default=1.0, metavar="G", help="classifier-free guidance (default: 1, off)"
+        "--guidance-scale",
+        type=float,
+        default=None,
+        metavar="G",
+        help="classifier-free guidance, 1 = off (default: the model's own, from its pipeline config)",
     )
     generate.add_argument(
         "--full-frame",

@@ -127,6 +127,8 @@ def assemble(out: Path, dataset, settings: dict) -> Path:
         # crop="face" the crop keeps the training data's face size.
         crop="resize",
         crop_scale=round(face_crop_scale(dataset), 3),
+        # Sampling default of the assembled model, chosen on validation clips (see the model card).
+        guidance_scale=settings.get("guidance_scale", 1.0),
     )
     pipeline.save_pretrained(out / "pipeline")
     (out / "pipeline" / "recipe.json").write_text(json.dumps(settings, indent=2))

@@ -81,7 +81,7 @@ def build_demo(session: Optional[DemoSession] = None, models: Optional[Sequence[
 
     # The defaults make every setting optional for API clients: `predict(portrait=..., speech=...)` is enough.
     def generate(
-        portrait, speech, model=session.models[0], steps=20, scheduler=DEFAULT_SCHEDULER, seed=0, guidance_scale=1.0,
+        portrait, speech, model=session.models[0], steps=20, scheduler=DEFAULT_SCHEDULER, seed=0, guidance_scale=None,
         full_frame=False, driving_video=None, progress=gr.Progress(),
     ):  # fmt: skip
         try:
@@ -122,8 +122,14 @@ def build_demo(session: Optional[DemoSession] = None, models: Optional[Sequence[
                         [DEFAULT_SCHEDULER, *cli.SCHEDULER_CHOICES], value=DEFAULT_SCHEDULER, label="Scheduler"
                     )
                     seed = gr.Number(0, precision=0, minimum=0, label="Seed")
+                    # Starts at the default model's own guidance (its pipeline config) and follows the model choice.
                     guidance_scale = gr.Slider(
-                        1.0, MAX_GUIDANCE_SCALE, value=1.0, step=0.5, label="Guidance scale (1 = off)"
+                        1.0,
+                        MAX_GUIDANCE_SCALE,
+                        value=session.recommended_guidance(session.models[0]),
+                        step=0.5,
+                        label="Guidance scale (1 = off)",
+                        elem_id="guidance_scale",
                     )
                     full_frame = gr.Checkbox(
                         False,
@@ -142,6 +148,7 @@ def build_demo(session: Optional[DemoSession] = None, models: Optional[Sequence[
 
         portrait.change(face_crop, [portrait, model], [crop, face_status], api_name="face_crop")
         model.change(face_crop, [portrait, model], [crop, face_status], api_visibility="private")
+        model.change(session.recommended_guidance, model, guidance_scale, api_visibility="private")
         button.click(
             generate,
             [portrait, speech, model, steps, scheduler, seed, guidance_scale, full_frame, driving_video],

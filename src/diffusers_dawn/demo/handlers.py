@@ -150,6 +150,22 @@ class DemoSession:
                 self._schedulers[model] = pipe.scheduler
             return self._pipelines[model]
 
+    def recommended_guidance(self, model: str) -> float:
+        """The guidance scale `model` uses when given none (its pipeline config), read without loading its weights."""
+        from ..pipelines.pipeline_dawn import DAWNPipeline
+
+        if model not in self.models:
+            raise DemoInputError(f"Model: {model!r} is not offered here; choose one of {', '.join(self.models)}")
+        if model in self._pipelines:
+            return float(self._pipelines[model].config.guidance_scale)
+        if model == cli.RANDOM_DEMO_MODEL:  # built on the fly, with the pipeline's default
+            return 1.0
+        try:
+            config = DAWNPipeline.load_config(cli.resolve_model(model))
+        except OSError:  # a Hub model that cannot be reached now: the page shows the plain default (off)
+            return 1.0
+        return float(config.get("guidance_scale", 1.0))
+
     def face_crop(self, portrait: Optional[str], model: str) -> PIL.Image.Image:
         """The square the model animates, cut around the detected face (what the preview shows)."""
         from ..processing.face import NoFaceError
@@ -173,7 +189,7 @@ class DemoSession:
         steps: int = 20,
         scheduler: str = DEFAULT_SCHEDULER,
         seed: int = 0,
-        guidance_scale: float = 1.0,
+        guidance_scale: Optional[float] = None,
         full_frame: bool = False,
         driving_video: Optional[str] = None,
         progress: Optional[Callable[[float, str], None]] = None,
@@ -192,7 +208,7 @@ class DemoSession:
         steps, seed = int(steps), int(seed)
         if not 1 <= steps <= MAX_STEPS:
             raise DemoInputError(f"Steps: choose between 1 and {MAX_STEPS}, got {steps}")
-        if not 1.0 <= float(guidance_scale) <= MAX_GUIDANCE_SCALE:
+        if guidance_scale is not None and not 1.0 <= float(guidance_scale) <= MAX_GUIDANCE_SCALE:
             raise DemoInputError(f"Guidance: choose between 1 (off) and {MAX_GUIDANCE_SCALE:g}, got {guidance_scale}")
         if scheduler != DEFAULT_SCHEDULER and scheduler not in cli.SCHEDULER_CHOICES:
             raise DemoInputError(f"Scheduler: choose one of {DEFAULT_SCHEDULER}, {', '.join(cli.SCHEDULER_CHOICES)}")
@@ -230,7 +246,7 @@ class DemoSession:
                     sampling_rate=AUDIO_SAMPLING_RATE,
                     driving_video=driving_video or None,
                     num_inference_steps=steps,
-                    guidance_scale=float(guidance_scale),
+                    guidance_scale=None if guidance_scale is None else float(guidance_scale),
                     # A CPU generator draws the same noise for a seed on every device, as in `generate`.
                     generator=torch.Generator("cpu").manual_seed(seed),
                     output_type="np",

@@ -92,6 +92,8 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
         crop_scale (`float`, defaults to 2.0): Side of the face crop relative to the face box size.
         paste_back (`bool`, defaults to `False`): Return full-frame videos (the generated face crops blended back
             into the photo, see [`FrameCompositor`]) instead of the crops; needs `crop="face"`.
+        guidance_scale (`float`, defaults to 1.0): The classifier-free guidance `__call__` uses when it is given
+            none: 1.0 (off) as the official sampler; a model trained with a null condition may recommend more.
     """
 
     model_cpu_offload_seq = "audio_encoder->pbnet_pose->pbnet_blink->lfg->unet"
@@ -114,6 +116,7 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
         crop: str = "face",
         crop_scale: float = 2.0,
         paste_back: bool = False,
+        guidance_scale: float = 1.0,
     ):
         super().__init__()
         self.register_modules(
@@ -125,9 +128,12 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
             audio_encoder=audio_encoder,
             feature_extractor=feature_extractor,
         )
+        if guidance_scale < 1.0:
+            raise ValueError(f"guidance_scale must be >= 1 (1 disables guidance), got {guidance_scale}")
         self.register_to_config(
-            resolution=resolution, face_backend=face_backend, crop=crop, crop_scale=crop_scale, paste_back=paste_back
-        )
+            resolution=resolution, face_backend=face_backend, crop=crop, crop_scale=crop_scale,
+            paste_back=paste_back, guidance_scale=guidance_scale,
+        )  # fmt: skip
         self._face_analyzer = None
 
     @classmethod
@@ -495,7 +501,7 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
         crop: Optional[str] = None,
         num_frames: Optional[int] = None,
         num_inference_steps: int = 20,
-        guidance_scale: float = 1.0,
+        guidance_scale: Optional[float] = None,
         eta: Optional[float] = None,
         generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
         latents: Optional[torch.Tensor] = None,
@@ -537,8 +543,9 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
             crop (`str`, *optional*): `"face"`, `"resize"` (official) or `"none"`; defaults to the pipeline config.
             num_frames (`int`, *optional*): Render only the first `num_frames` frames.
             num_inference_steps (`int`, defaults to 20): Denoising steps.
-            guidance_scale (`float`, defaults to 1.0):
-                Classifier-free guidance on the speech/pose/blink condition (1.0 = off, as the official sampler).
+            guidance_scale (`float`, *optional*):
+                Classifier-free guidance on the speech/pose/blink condition (1.0 = off, as the official sampler);
+                defaults to the pipeline config's `guidance_scale` (the model's recommendation, 1.0 unless it says).
             eta (`float`, *optional*): Passed to schedulers whose `step` takes it (DDIM-style noise level).
             generator (`torch.Generator` or a list of them, *optional*):
                 Makes pose/blink sampling and denoising deterministic. With lists of inputs, one generator per pair
@@ -590,6 +597,8 @@ class DAWNPipeline(DiffusionPipeline, DAWNLoraLoaderMixin):
                 for item_image, item_audio, item_generator in _pair_inputs(image, audio, generator)
             ]
 
+        if guidance_scale is None:
+            guidance_scale = self.config.guidance_scale
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         # Speech given as audio is decoded first (no model runs) so that its length can be checked against the
