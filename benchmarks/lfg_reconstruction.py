@@ -9,8 +9,9 @@ Can a latent flow generator (LFG) carry the lips? Reconstruction of held-out pro
 clip's first frame as the source and every frame as the driving frame — the motion the A2V-FDM is trained to produce.
 Ground-truth and reconstructed frames are measured the same way as in `benchmarks/synthetic_lipsync.py` (MediaPipe
 mesh): `mouth_correlation` (mouth-gap series, each clip centred, all clips pooled), `reconstructed_face_found_fraction`,
-and the pixel L1 / PSNR of the reconstructions. If the mouth does not follow here, no A2V-FDM on top of this LFG can
-move the lips.
+`eye_correlation` (the eye-ratio series alike) with the blinks per minute of truth and reconstruction, and the pixel
+L1 / PSNR of the reconstructions. If the mouth (or the eyes) do not follow here, no A2V-FDM on top of this LFG can
+move the lips (or blink).
 """
 
 import argparse
@@ -23,7 +24,14 @@ import torch
 
 from diffusers_dawn import LFGAutoencoder
 from diffusers_dawn.processing.face import FaceAnalyzer
-from diffusers_dawn.testing.measures import HELD_OUT_FIRST_SEED, measure, pooled_mouth_correlation, print_report
+from diffusers_dawn.testing.measures import (
+    EYE,
+    HELD_OUT_FIRST_SEED,
+    blinks_per_minute,
+    measure,
+    pooled_correlation,
+    print_report,
+)
 from diffusers_dawn.testing.synthetic import generate_synthetic_clip
 
 
@@ -65,6 +73,7 @@ def main(argv=None) -> int:
     lfg = load_lfg(args.model)
     analyzer = FaceAnalyzer(backend="mediapipe")
     truth_rows, reconstructed_rows, absolute_errors, squared_errors = [], [], [], []
+    truth_blinks, reconstructed_blinks = [], []
     started = time.perf_counter()
     for index in range(args.clips):
         clip = generate_synthetic_clip(args.first_seed + index, num_frames=args.frames, resolution=args.resolution)
@@ -74,9 +83,12 @@ def main(argv=None) -> int:
         squared_errors.append((difference**2).mean(axis=(1, 2, 3)))
         truth_rows.append(measure(analyzer, clip.frames))
         reconstructed_rows.append(measure(analyzer, reconstruction))
+        truth_blinks.append(blinks_per_minute(truth_rows[-1][:, EYE], clip.fps))
+        reconstructed_blinks.append(blinks_per_minute(reconstructed_rows[-1][:, EYE], clip.fps))
         print(f"clip {index + 1}/{args.clips} done ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
 
-    correlation, measured = pooled_mouth_correlation(truth_rows, reconstructed_rows)
+    correlation, measured = pooled_correlation(truth_rows, reconstructed_rows)
+    eye_correlation, _ = pooled_correlation(truth_rows, reconstructed_rows, EYE)
     produced = np.concatenate(reconstructed_rows)
     frame_mse = np.concatenate(squared_errors)
     report = {
@@ -86,6 +98,9 @@ def main(argv=None) -> int:
         "mouth_correlation": round(correlation, 4),
         "frames_measured": measured,
         "reconstructed_face_found_fraction": round(float(np.mean(~np.isnan(produced[:, 0]))), 3),
+        "eye_correlation": round(eye_correlation, 4),
+        "blinks_per_minute_truth": round(float(np.nanmean(truth_blinks)), 2),
+        "blinks_per_minute_reconstructed": round(float(np.nanmean(reconstructed_blinks)), 2),
         "l1": round(float(np.mean(np.concatenate(absolute_errors))), 4),
         "psnr_db": round(float(np.mean(10 * np.log10(1.0 / np.maximum(frame_mse, 1e-12)))), 2),
         "seconds": round(time.perf_counter() - started, 1),

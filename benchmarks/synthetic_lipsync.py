@@ -39,7 +39,7 @@ from diffusers_dawn.testing.measures import (
     HELD_OUT_FIRST_SEED,
     blinks_per_minute,
     measure,
-    pooled_mouth_correlation,
+    pooled_correlation,
     print_report,
 )
 from diffusers_dawn.testing.synthetic import generate_synthetic_clip
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
         generated_blinks.append(blinks_per_minute(produced[:, 1], clip.fps))
         print(f"clip {index + 1}/{args.clips} done ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
 
-    correlation, measured = pooled_mouth_correlation(truth_rows, generated_rows)
+    correlation, measured = pooled_correlation(truth_rows, generated_rows)
     truth, produced = np.concatenate(truth_rows), np.concatenate(generated_rows)
     generated_found = float(np.mean(~np.isnan(produced[:, 0])))
     truth_motion = np.nanstd(truth[:, 2:5], axis=0)

@@ -72,7 +72,7 @@ def test_demo_model_moves_the_lips_of_a_held_out_face_with_its_speech(pipe):
         )
         generated = measures.measure(analyzer, (result.frames[0] * 255).round().astype(np.uint8))
         assert not np.isnan(generated[:, 0]).any()  # the face is found in every frame
-        return measures.pooled_mouth_correlation([truth], [generated])[0]
+        return measures.pooled_correlation([truth], [generated])[0]
 
     assert mouth_correlation(clip.audio) > MOUTH_CORRELATION_FLOOR
     # With another clip's speech the lips no longer follow this clip's truth: they follow the speech, not the face.

@@ -32,15 +32,20 @@ def test_blink_counting_counts_onsets():
     assert count([0.1, 0.3, 0.3, 0.3, np.nan, 0.3]) == 1  # a blink at the start counts; no face is not a blink
 
 
-def test_pooled_mouth_correlation_centres_each_clip_and_skips_unmeasured_frames():
+def test_pooled_correlation_centres_each_clip_and_skips_unmeasured_frames():
     def rows(values):
         return np.asarray([[value] + [0.0] * 4 for value in values], dtype=float)
 
     # Two clips at different resting openings moving alike: centring each clip makes the pooled series agree.
     truth = [rows([0.1, 0.2, 0.1, 0.2]), rows([0.5, 0.6, 0.5, 0.6])]
     produced = [rows([0.3, 0.4, np.nan, 0.4]), rows([0.0, 0.1, 0.0, 0.1])]
-    correlation, measured = measures.pooled_mouth_correlation(truth, produced)
+    correlation, measured = measures.pooled_correlation(truth, produced)
     assert measured == 7 and correlation > 0.95  # not 1: the unmeasured frame shifts clip 1's centre
     # Opposite movement correlates negatively; fewer than three measurable frames score 0.
-    assert measures.pooled_mouth_correlation(truth, [rows([0.2, 0.1, 0.2, 0.1])] * 2)[0] < -0.99
-    assert measures.pooled_mouth_correlation(truth[:1], [rows([0.1, np.nan, np.nan, np.nan])]) == (0.0, 1)
+    assert measures.pooled_correlation(truth, [rows([0.2, 0.1, 0.2, 0.1])] * 2)[0] < -0.99
+    assert measures.pooled_correlation(truth[:1], [rows([0.1, np.nan, np.nan, np.nan])]) == (0.0, 1)
+    # The eye column is read alone: eyes that follow the truth while the mouth does not.
+    eyes_truth = [np.roll(clip, 1, axis=1) for clip in truth]
+    eyes_produced = [np.roll(clip, 1, axis=1) for clip in produced]
+    assert measures.pooled_correlation(eyes_truth, eyes_produced, measures.EYE) == (correlation, measured)
+    assert measures.pooled_correlation(eyes_truth, eyes_produced)[0] == 0.0  # the mouth column is constant there

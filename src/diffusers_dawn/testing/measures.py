@@ -2,7 +2,7 @@
 Measurements the benchmarks make on procedural talking faces (`benchmarks/synthetic_lipsync.py`,
 `lfg_reconstruction.py`, `pbnet_samples.py`, `audio_probe.py`), here so that the benchmarks and the tests that check
 them import one implementation: mouth opening, blinks and head pose measured with the MediaPipe face mesh, the pooled
-mouth correlation, and the linear probe of an audio encoder's features.
+correlation of a measured series, and the linear probe of an audio encoder's features.
 """
 
 import json
@@ -32,19 +32,26 @@ def measure(analyzer: FaceAnalyzer, frames: np.ndarray):
     return np.asarray(rows, dtype=np.float64)
 
 
-def pooled_mouth_correlation(truth_rows, produced_rows):
+MOUTH, EYE = 0, 1
+"""Columns of `measure`'s rows: mouth opening, eye ratio (then yaw, pitch, roll)."""
+
+
+def pooled_correlation(truth_rows, produced_rows, column: int = MOUTH):
     """
-    Pearson r of the mouth series (column 0 of `measure`'s rows), each clip centred first (mouth movement, not each
-    clip's resting opening), all clips pooled over the frames measurable in both; 0 with fewer than 3 such frames
-    (no measurable face shows no lip sync). Returns (r, number of frames used).
+    Pearson r of one measured series (`MOUTH` by default, or `EYE`) between truth and output, each clip centred first
+    (movement, not each clip's resting value), all clips pooled over the frames measurable in both; 0 with fewer than
+    3 such frames or a series that never moves (no measurable face, or a frozen one, shows no sync). Returns
+    (r, number of frames used).
     """
     truth, produced = [], []
     for clip_truth, clip_produced in zip(truth_rows, produced_rows):
-        truth.append(clip_truth[:, 0] - np.nanmean(clip_truth[:, 0]))
-        produced.append(clip_produced[:, 0] - np.nanmean(clip_produced[:, 0]))
+        truth.append(clip_truth[:, column] - np.nanmean(clip_truth[:, column]))
+        produced.append(clip_produced[:, column] - np.nanmean(clip_produced[:, column]))
     truth, produced = np.concatenate(truth), np.concatenate(produced)
     both = ~np.isnan(truth) & ~np.isnan(produced)
-    correlation = float(np.corrcoef(truth[both], produced[both])[0, 1]) if both.sum() > 2 else 0.0
+    truth, produced = truth[both], produced[both]
+    moves = len(truth) > 2 and truth.std() > 0 and produced.std() > 0
+    correlation = float(np.corrcoef(truth, produced)[0, 1]) if moves else 0.0
     return correlation, int(both.sum())
 
 
